@@ -1,0 +1,137 @@
+"""Engine settings: one dataclass shared by the CLI, the server, the eval and the bench."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+AR_DEFAULT = "Qwen/Qwen2.5-Coder-0.5B"
+DLLM_DEFAULT = "fredzzp/open-dcoder-0.5B"
+ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "p2")
+MODEL_CHOICES = ("both", "qwen", "dllm")
+SCORE_MODES = ("fim", "plain")
+
+
+@dataclass
+class EngineConfig:
+    """Every knob of the engine. Field names are the CLI options (snake_case -> --kebab-case)
+    and the editor settings (snake_case -> camelCase)."""
+
+    ar_model: str = AR_DEFAULT
+    dllm_model: str = DLLM_DEFAULT
+    scorer_model: str | None = None  # None: the autoregressive model, shared
+    models: str = "both"
+    device: str = "auto"
+    dtype: str = "auto"
+    # sampling, shared by both generators
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int | None = None
+    seed: int | None = 0
+    # autoregressive
+    max_new_tokens: int = 128
+    # diffusion
+    steps: int = 64
+    alg: str = "p2"
+    alg_temp: float = 0.0
+    eps: float = 1e-3
+    dllm_length: int | None = None  # None: try every length in dllm_lengths
+    dllm_lengths: tuple[int, ...] = (8, 16, 32)
+    mask_token: str | None = None
+    # scoring
+    score_mode: str = "fim"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad key; the server turns it into a message."""
+        checks: list[tuple[str, bool, str]] = [
+            ("models", self.models in MODEL_CHOICES, f"one of {', '.join(MODEL_CHOICES)}"),
+            ("alg", self.alg in ALGS, f"one of {', '.join(ALGS)}"),
+            ("scoreMode", self.score_mode in SCORE_MODES, "fim or plain"),
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("topP", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("topK", self.top_k is None or self.top_k >= 1, ">= 1 or null"),
+            ("maxNewTokens", self.max_new_tokens >= 1, ">= 1"),
+            ("steps", self.steps >= 1, ">= 1"),
+            ("algTemp", self.alg_temp >= 0, ">= 0"),
+            ("eps", 0 < self.eps < 1, "in (0, 1)"),
+            ("dllmLength", self.dllm_length is None or self.dllm_length >= 1, ">= 1 or null"),
+            ("dllmLengths", bool(self.dllm_lengths) and all(n >= 1 for n in self.dllm_lengths),
+             "a non-empty list of lengths >= 1"),
+            ("dtype", self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
+             "auto, float32, bfloat16 or float16"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{key} must be {want}")
+
+    def replace(self, **changes: Any) -> "EngineConfig":
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def _parse_lengths(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Add every EngineConfig field as a CLI option; defaults come from the dataclass."""
+    d = EngineConfig()
+    g = parser.add_argument_group("engine")
+    g.add_argument("--ar-model", default=d.ar_model, help="Hub id or local dir of the autoregressive FIM model")
+    g.add_argument("--dllm-model", default=d.dllm_model, help="Hub id or local dir of the diffusion model")
+    g.add_argument("--scorer-model", default=None, help="perplexity scorer (default: the --ar-model, shared)")
+    g.add_argument("--models", choices=MODEL_CHOICES, default=d.models)
+    g.add_argument("--device", default=d.device, help="auto (cuda, mps, cpu), or a torch device name")
+    g.add_argument("--dtype", default=d.dtype, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy / argmax")
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--alg", choices=ALGS, default=d.alg)
+    g.add_argument("--alg-temp", type=float, default=d.alg_temp)
+    g.add_argument("--eps", type=float, default=d.eps)
+    g.add_argument("--dllm-length", type=int, default=None,
+                   help="hole length in tokens (default: try each of --dllm-lengths, keep the best-scored)")
+    g.add_argument("--dllm-lengths", type=_parse_lengths, default=d.dllm_lengths,
+                   help="comma-separated hole lengths tried when --dllm-length is not given")
+    g.add_argument("--mask-token", default=None, help="mask token string when the tokenizer has none")
+    g.add_argument("--score-mode", choices=SCORE_MODES, default=d.score_mode)
+
+
+def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:
+    base = base or EngineConfig()
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig) if hasattr(args, f.name)}
+    return base.replace(**values)
+
+
+def config_from_settings(settings: dict[str, Any], base: EngineConfig) -> EngineConfig:
+    """Apply camelCase editor settings; unknown keys are ignored (the server has its own)."""
+    names = {f.name for f in dataclasses.fields(EngineConfig)}
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = snake(key)
+        if name not in names:
+            continue
+        if name == "dllm_lengths" and value is not None:
+            value = tuple(int(v) for v in value)
+        changes[name] = value
+    for name, value in changes.items():
+        want = type(getattr(EngineConfig(), name))
+        if value is not None and want in (int, float) and not isinstance(value, (int, float)):
+            raise ValueError(f"{camel(name)} must be a number, got {value!r}")
+        if value is not None and want is str and not isinstance(value, str):
+            raise ValueError(f"{camel(name)} must be a string, got {value!r}")
+    return base.replace(**changes)

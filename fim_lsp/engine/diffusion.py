@@ -1,0 +1,166 @@
+"""Open-dCoder masked-diffusion infilling: the reference `_mdm_sample`, batched.
+
+The sequence is `prefix ids + [mask] * L + suffix ids`. Non-mask positions are frozen. Every step runs
+one bidirectional forward pass, shifts the logits by one (output i predicts token i+1), samples, and
+reveals (or, for p2, re-masks) positions by the algorithm's schedule."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .loading import LoadedModel, encode, special_id
+from .results import CancelCheck, Cancelled, Generation
+from .sampling import sample_tokens
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+CONFIDENCE = {"maskgit_plus": "prob", "topk_margin": "margin", "entropy": "neg_entropy", "p2": "prob"}
+# A diffusion model has left the hole when it emits one of these.
+END_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+              "<|file_sep|>", "<|repo_name|>")
+
+
+@dataclass
+class DiffusionParams:
+    steps: int = 64
+    alg: str = "p2"
+    temperature: float = 0.6
+    top_p: float | None = 0.95
+    top_k: int | None = None
+    alg_temp: float = 0.0  # Gumbel-top-k selection for maskgit_plus / topk_margin / entropy
+    eps: float = 1e-3
+
+
+@dataclass
+class SampleResult:
+    tokens: torch.Tensor  # [B, T] final ids
+    passes: list[int]  # forward passes each row needed before it had no mask left
+    total_passes: int  # forward passes the batch ran
+
+
+def _select(conf: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, highest: bool,
+            alg_temp: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Bool [B, T]: per row, the k[b] candidate positions with the highest (or lowest) confidence.
+    With alg_temp > 0 the choice is Gumbel-top-k on confidence / alg_temp (sampling without
+    replacement, as the reference's softmax + multinomial)."""
+    score = conf.float() if highest else -conf.float()
+    if alg_temp > 0:
+        u = torch.rand(score.shape, generator=generator, device=score.device).clamp_(1e-20, 1.0)
+        score = score / alg_temp - torch.log(-torch.log(u))
+    score = score.masked_fill(~candidates, -math.inf)
+    order = torch.argsort(score, dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.size(-1), device=order.device).expand_as(order))
+    return (rank < k[:, None]) & candidates
+
+
+def mdm_sample(
+    x: torch.Tensor,
+    mask_id: int,
+    logits_fn: LogitsFn,
+    params: DiffusionParams,
+    generator: torch.Generator | None = None,
+    cancel: CancelCheck | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> SampleResult:
+    """Unmask every `mask_id` in x [B, T]. logits_fn(x) returns unshifted logits [B, T, V]."""
+    x = x.clone()
+    frozen = x != mask_id
+    n_initial = (~frozen).sum(-1)
+    ts = torch.linspace(1, params.eps, params.steps + 1, device=x.device)
+    passes = [0] * x.size(0)
+    total = 0
+    for i in range(params.steps):
+        masked = x == mask_id
+        if not bool(masked.any()):
+            break
+        if cancel is not None and cancel():
+            raise Cancelled()
+        logits = logits_fn(x)
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # output j-1 predicts token j
+        total += 1
+        for row in masked.any(-1).nonzero().flatten().tolist():
+            passes[row] = total
+        last = i == params.steps - 1
+        t, s = ts[i], ts[i + 1]
+        if params.alg == "origin":
+            reveal = masked & (torch.rand(x.shape, generator=generator, device=x.device) < (1 - s / t))
+            if last:
+                reveal = masked
+            _, x0 = sample_tokens(logits, params.temperature, params.top_p, params.top_k, generator=generator)
+            x = torch.where(reveal, x0, x)
+        elif params.alg == "p2":
+            conf, x0 = sample_tokens(logits, params.temperature, params.top_p, params.top_k, generator=generator)
+            kappa = (i + 1) / params.steps
+            k = torch.floor(n_initial.float() * (1 - kappa)).long()
+            remask = _select(conf, ~frozen, k, highest=False, alg_temp=0.0, generator=generator)
+            x = torch.where(masked & ~remask, x0, x)
+            x = x.masked_fill(remask, mask_id)
+        elif params.alg in CONFIDENCE:
+            conf, x0 = sample_tokens(logits, params.temperature, params.top_p, params.top_k,
+                                     confidence=CONFIDENCE[params.alg], generator=generator)
+            m = masked.sum(-1)
+            k = m if last else torch.floor(m.float() * (1 - s / t)).long()
+            reveal = _select(conf, masked, k, highest=True, alg_temp=params.alg_temp, generator=generator)
+            x = torch.where(reveal, x0, x)
+        else:
+            raise ValueError(f"unknown diffusion algorithm {params.alg!r}")
+        if on_step is not None:
+            on_step(i, x)
+    return SampleResult(tokens=x, passes=passes, total_passes=total)
+
+
+def bidirectional_logits(lm: LoadedModel, valid: torch.Tensor, banned: list[int]) -> LogitsFn:
+    """Full-attention forward of a stock Qwen2 model: a 4-D all-attend mask with pad keys masked out
+    makes every layer bidirectional. Rows past the tokenizer and `banned` ids can never be sampled."""
+    vocab = len(lm.tokenizer)
+    attn = valid[:, None, None, :].expand(-1, 1, valid.size(1), -1)
+    positions = torch.arange(valid.size(1), device=valid.device).expand(valid.size(0), -1)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = lm.model(input_ids=x, attention_mask=attn, position_ids=positions).logits
+            logits = logits[..., :vocab].float()
+            logits[..., banned] = -math.inf
+        return logits
+
+    return fn
+
+
+def diffusion_infill(
+    lm: LoadedModel,
+    mask_id: int,
+    requests: list[tuple[str, str, int]],
+    params: DiffusionParams,
+    generator: torch.Generator | None = None,
+    cancel: CancelCheck | None = None,
+) -> list[Generation]:
+    """Fill each (prefix, suffix, hole_length) in one right-padded batch."""
+    start = time.perf_counter()
+    tok, dev = lm.tokenizer, lm.device
+    ends = [i for i in (special_id(tok, t) for t in END_TOKENS) if i is not None]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else ends[0]
+    rows, spans = [], []
+    for prefix, suffix, length in requests:
+        p = encode(tok, prefix)
+        rows.append(p + [mask_id] * length + encode(tok, suffix))
+        spans.append((len(p), len(p) + length))
+    width = max(len(r) for r in rows)
+    x = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
+    valid = torch.zeros((len(rows), width), dtype=torch.bool, device=dev)
+    for b, r in enumerate(rows):
+        x[b, : len(r)] = torch.tensor(r, device=dev)
+        valid[b, : len(r)] = True
+    result = mdm_sample(x, mask_id, bidirectional_logits(lm, valid, [mask_id]), params, generator, cancel)
+    seconds = (time.perf_counter() - start) / len(rows)
+    out = []
+    for b, (lo, hi) in enumerate(spans):
+        hole = result.tokens[b, lo:hi].tolist()
+        # The first end token closes the hole: the model chose a shorter middle.
+        cut = next((j for j, t in enumerate(hole) if t in ends), len(hole))
+        ids = hole[:cut]
+        out.append(Generation(model="dllm", text=tok.decode(ids, skip_special_tokens=True), token_ids=ids,
+                              forward_passes=result.passes[b], seconds=seconds, hole_length=hi - lo))
+    return out

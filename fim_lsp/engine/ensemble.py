@@ -1,0 +1,162 @@
+"""The engine: load the models, run both generators, score every candidate, keep the lowest perplexity.
+
+The server, the eval and the bench all call `Engine.complete_batch`.
+
+Selection rule: the candidate with the lowest perplexity wins; exact ties go to the earlier candidate
+in the list, which is ordered Qwen first, then diffusion by ascending hole length. With no scorer
+loaded, every perplexity is +inf and the first candidate wins."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .ar_fim import ArParams, generate_fim
+from .config import EngineConfig
+from .diffusion import DiffusionParams, diffusion_infill
+from .loading import LoadedModel, ModelLoadError, load_model, mask_token_id, resolve_device, resolve_dtype
+from .results import CancelCheck, Candidate, Completion, Generation, Score
+from .scorer import ScoreItem, score_batch
+
+log = logging.getLogger("fim_lsp.engine")
+MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token")
+
+
+@dataclass
+class FimRequest:
+    prefix: str
+    suffix: str
+    dllm_length: int | None = None  # overrides the config (the eval passes the oracle length)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, notify: Callable[[str], None] | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.notify = notify or log.warning
+        self.load_errors: dict[str, str] = {}
+        self.ar: LoadedModel | None = None
+        self.dllm: LoadedModel | None = None
+        self.scorer: LoadedModel | None = None
+        self.mask_id: int | None = None
+        self.loaded = False
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load what `config.models` needs. A model that fails is reported once and skipped; only
+        when no generator loads at all does this raise ModelLoadError."""
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        self.load_errors.clear()
+        self.ar = self.dllm = self.scorer = None
+        if cfg.models in ("both", "qwen"):
+            self.ar = self._try_load(cfg.ar_model, "ar", device, dtype)
+        if cfg.models in ("both", "dllm"):
+            self.dllm = self._try_load(cfg.dllm_model, "dllm", device, dtype)
+            if self.dllm is not None:
+                try:
+                    self.mask_id = mask_token_id(self.dllm.tokenizer, cfg.mask_token, cfg.dllm_model)
+                except ModelLoadError as err:
+                    self._fail("dllm", str(err))
+                    self.dllm = None
+        scorer_name = cfg.scorer_model or cfg.ar_model
+        if scorer_name == cfg.ar_model and self.ar is not None:
+            self.scorer = self.ar  # one copy in memory, shared
+        elif scorer_name != cfg.ar_model or cfg.models == "dllm":
+            self.scorer = self._try_load(scorer_name, "scorer", device, dtype)
+        self.loaded = True
+        if self.ar is None and self.dllm is None:
+            raise ModelLoadError("; ".join(self.load_errors.values()) or "no model selected")
+
+    def _try_load(self, name: str, role: str, device: torch.device, dtype: torch.dtype) -> LoadedModel | None:
+        try:
+            return load_model(name, role, device, dtype)
+        except ModelLoadError as err:
+            self._fail(role, str(err))
+            return None
+
+    def _fail(self, role: str, message: str) -> None:
+        self.load_errors[role] = message
+        self.notify(message)
+
+    def reconfigure(self, config: EngineConfig) -> bool:
+        """Take a new config; returns True when models must be reloaded (call load())."""
+        config.validate()
+        reload = any(getattr(config, f) != getattr(self.config, f) for f in MODEL_FIELDS)
+        self.config = config
+        if reload:
+            self.loaded = False
+        return reload
+
+    @property
+    def available(self) -> list[str]:
+        return [name for name, lm in (("qwen", self.ar), ("dllm", self.dllm)) if lm is not None]
+
+    # -- completion ------------------------------------------------------------------------------
+    def complete(self, prefix: str, suffix: str, dllm_length: int | None = None,
+                 cancel: CancelCheck | None = None) -> Completion:
+        return self.complete_batch([FimRequest(prefix, suffix, dllm_length)], cancel)[0]
+
+    def complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None = None) -> list[Completion]:
+        if not self.loaded:
+            self.load()
+        cfg = self.config
+        start = time.perf_counter()
+        gens: list[list[Generation]] = [[] for _ in requests]
+        timings: dict[str, float] = {}
+        if self.ar is not None:
+            t = time.perf_counter()
+            params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
+            outs = generate_fim(self.ar, [(r.prefix, r.suffix) for r in requests], params,
+                                self._generator(self.ar, 0), cancel)
+            for g, out in zip(gens, outs):
+                g.append(out)
+            timings["qwen"] = time.perf_counter() - t
+        if self.dllm is not None:
+            t = time.perf_counter()
+            jobs = [(i, r.prefix, r.suffix, n) for i, r in enumerate(requests)
+                    for n in ((r.dllm_length or cfg.dllm_length,) if (r.dllm_length or cfg.dllm_length)
+                              else sorted(set(cfg.dllm_lengths)))]
+            params = DiffusionParams(cfg.steps, cfg.alg, cfg.temperature, cfg.top_p, cfg.top_k,
+                                     cfg.alg_temp, cfg.eps)
+            outs = diffusion_infill(self.dllm, self.mask_id, [j[1:] for j in jobs], params,
+                                    self._generator(self.dllm, 1), cancel)
+            for (i, *_), out in zip(jobs, outs):
+                gens[i].append(out)
+            timings["dllm"] = time.perf_counter() - t
+        t = time.perf_counter()
+        scores = self._score(requests, gens)
+        timings["score"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+        per_request = {k: v / len(requests) for k, v in timings.items()}
+        return [self._select(g, s, per_request) for g, s in zip(gens, scores)]
+
+    def _generator(self, lm: LoadedModel, offset: int) -> torch.Generator | None:
+        # One generator per model, so a model's output does not depend on whether the other ran.
+        if self.config.seed is None:
+            return None
+        return torch.Generator(device=lm.device).manual_seed(self.config.seed + offset)
+
+    def _score(self, requests: list[FimRequest], gens: list[list[Generation]]) -> list[list[Score | None]]:
+        if self.scorer is None:
+            return [[None] * len(g) for g in gens]
+        flat = [ScoreItem(r.prefix, r.suffix, g.text) for r, gs in zip(requests, gens) for g in gs]
+        scores = iter(score_batch(self.scorer, flat, self.config.score_mode))
+        return [[next(scores) for _ in gs] for gs in gens]
+
+    @staticmethod
+    def _select(gens: list[Generation], scores: list[Score | None], timings: dict[str, float]) -> Completion:
+        cands = []
+        for g, s in zip(gens, scores):
+            cands.append(Candidate(
+                model=g.model, text=g.text, tokens=len(g.token_ids), seconds=g.seconds,
+                forward_passes=g.forward_passes, hole_length=g.hole_length,
+                perplexity=s.perplexity if s else float("inf"),
+                mean_logprob=s.mean_logprob if s else float("-inf"),
+                token_logprobs=s.token_logprobs if s else []))
+        winner = min(cands, key=lambda c: c.perplexity) if cands else None  # min keeps the first of ties
+        return Completion(candidates=cands, winner=winner, timings=dict(timings))

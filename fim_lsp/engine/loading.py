@@ -1,0 +1,130 @@
+"""Model loading: Hub ids or local dirs, the HF cache, offline mode, readable failures."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model that could not be loaded; the message is meant for a person, not a traceback."""
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user asked for: Hub id or path
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers tokenizer
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _explain(name: str, role: str, err: BaseException) -> str:
+    local = Path(name).expanduser()
+    if _is_local(name):
+        where = f"the local directory {local.resolve()}" + ("" if local.exists() else " (it does not exist)")
+        fix = (f"check that {local} holds config.json, the weights (*.safetensors) and the tokenizer files, "
+               f"or pass a Hub id instead")
+    else:
+        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+        where = f"the Hugging Face cache {_hub_cache()}" + (" (offline mode is on)" if offline else " and the Hub")
+        fix = (f"on a machine with network access run `hf download {name}` "
+               f"(or set HF_HOME to a cache that has it), or pass a local directory with --{role}-model")
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"could not load the {role} model {name!r}: looked in {where}. Fix: {fix}. ({first_line})"
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~"))
+
+
+def _cached(name: str) -> bool:
+    """True when the Hub id's config is already in the HF cache, so loading needs no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed id: let from_pretrained say what is wrong
+        return False
+
+
+def load_model(name: str, role: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load tokenizer + causal-LM weights. `role` ("ar", "dllm", "scorer") only shapes the error text.
+
+    sdpa attention is forced: flash-attention-2 ignores a 4-D mask and stays causal, which would
+    silently break the diffusion model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # A cached Hub model loads with no network at all: no retries, no waiting on a dead link.
+    offline = {"local_files_only": True} if not _is_local(name) and _cached(name) else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **offline)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa", **offline)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ModelLoadError(_explain(name, role, err)) from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def mask_token_id(tokenizer: Any, override: str | None = None, model_name: str = "") -> int:
+    """The diffusion mask id: --mask-token, else the tokenizer's mask_token, else the string <M>."""
+    for token in (override, getattr(tokenizer, "mask_token", None), "<M>"):
+        if not token:
+            continue
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is not None and tid != tokenizer.unk_token_id and token in tokenizer.get_vocab():
+            return int(tid)
+    tried = ", ".join(repr(t) for t in (override, getattr(tokenizer, "mask_token", None), "<M>") if t)
+    raise ModelLoadError(
+        f"the diffusion model {model_name!r} has no mask token: tried {tried}. "
+        f"Fix: pass --mask-token with the tokenizer's mask string (Open-dCoder trained with '<M>', id 151665).")
+
+
+def special_id(tokenizer: Any, token: str) -> int | None:
+    """Id of a special token by its string, or None when this tokenizer lacks it."""
+    if token not in tokenizer.get_vocab():
+        return None
+    return int(tokenizer.convert_tokens_to_ids(token))
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Ids of one text segment. Special-token strings typed in user code stay plain text, so a
+    file that mentions '<|endoftext|>' cannot end a prompt early."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
