@@ -1,0 +1,174 @@
+"""`python -m fim_lsp.eval run | score | merge`: argument parsing and the three commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .data import BENCHMARKS, LANGUAGES, SANTACODER, SANTACODER_LAYOUTS, DataUnavailable, Task, load_tasks
+from .metrics import summarize
+from .report import write_reports
+from .runner import run_tasks, shard_tasks
+from .sandbox import isolation
+from .store import RESULTS, check_run_info, merge, parse_shard, read_records, shard_name
+from .systems import CanonicalSystem, EnsembleSystem
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder laid out like shared/data (offline); default: fetch the public copies")
+    p.add_argument("--languages", default="py", help=f"SantaCoder languages, comma-separated ({','.join(LANGUAGES)})")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel sandboxed test runs")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per test program (default: py 3, js 5, java 20: the JVM starts slowly)")
+    p.add_argument("--no-exec", action="store_true", help="skip running tests (SantaCoder EM only)")
+    p.add_argument("--santacoder-layout", choices=SANTACODER_LAYOUTS, default="file",
+                   help="file: the hole where it sits in the original file; open-dllm: prefix=prompt+'\\n'")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fim_lsp.engine.config import add_engine_args
+
+    parser = argparse.ArgumentParser(prog="python -m fim_lsp.eval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="generate and judge", conflict_handler="resolve")
+    run.add_argument("--benchmark", required=True, help=f"one or more (comma-separated) of {', '.join(BENCHMARKS)}")
+    run.add_argument("--system", choices=("ensemble", "canonical"), default="ensemble")
+    run.add_argument("--out", default="runs/eval", help="results go to OUT/<benchmark>/")
+    run.add_argument("--limit", type=int, default=None, help="first N tasks only")
+    run.add_argument("--samples", type=int, default=1, help="completions per task (pass@k when > 1)")
+    run.add_argument("--shard", default=None, help="i/n: this process runs every n-th task from i")
+    run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--preset", default=None, help="TOML file of option defaults (eval/seed.toml, eval/editor.toml)")
+    _common(run)
+    add_engine_args(run)
+    # the eval's hole length also takes "oracle"; it replaces the engine's integer-only option
+    run.add_argument("--dllm-length", dest="dllm_length_spec", default="auto",
+                     help="oracle (ground-truth token count), N, or auto (the engine's --dllm-lengths)")
+    score = sub.add_parser("score", help="judge a predictions file (task_id, completion per line)")
+    score.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    score.add_argument("--predictions", required=True)
+    score.add_argument("--out", default=None, help="write results.jsonl, summary.json and report.md here")
+    _common(score)
+    mg = sub.add_parser("merge", help="join a run's shard files and write its reports")
+    mg.add_argument("--out", required=True, help="a run folder (OUT/<benchmark>) or OUT holding several")
+    return parser
+
+
+def apply_preset(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Preset values become defaults of the run subcommand, so explicit flags still win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset")
+    known, _ = pre.parse_known_args(argv)
+    if not known.preset or not argv or argv[0] != "run":
+        return
+    with open(known.preset, "rb") as fh:
+        values: dict[str, Any] = tomllib.load(fh)
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    dests = {a.dest for a in run._actions}
+    values = {("dllm_length_spec" if k == "dllm_length" else k): v for k, v in values.items()}
+    unknown = sorted(set(values) - dests)
+    if unknown:
+        raise SystemExit(f"{known.preset}: unknown key(s) {unknown}")
+    if "dllm_lengths" in values:
+        values["dllm_lengths"] = tuple(values["dllm_lengths"])
+    if "dllm_length_spec" in values:
+        values["dllm_length_spec"] = str(values["dllm_length_spec"])
+    run.set_defaults(**values)
+
+
+def _languages(args: argparse.Namespace) -> list[str]:
+    return [x.strip() for x in args.languages.split(",") if x.strip()]
+
+
+def _load(benchmark: str, args: argparse.Namespace) -> list[Task]:
+    try:
+        return load_tasks(benchmark, args.data_dir, _languages(args), args.santacoder_layout)
+    except DataUnavailable as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    shard = parse_shard(args.shard)
+    spec = args.dllm_length_spec
+    if spec not in ("oracle", "auto") and not spec.isdigit():
+        raise SystemExit(f"--dllm-length must be oracle, auto or an integer, got {spec!r}")
+    benchmarks = [b.strip() for b in args.benchmark.split(",") if b.strip()]
+    for b in benchmarks:
+        if b not in BENCHMARKS:
+            raise SystemExit(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)}")
+    system = CanonicalSystem() if args.system == "canonical" else EnsembleSystem(
+        args, "engine" if spec == "auto" else spec)
+    for b in benchmarks:
+        tasks = _load(b, args)
+        if args.limit is not None:
+            tasks = tasks[:args.limit]
+        out = Path(args.out) / b
+        info = {**system.info(), "benchmark": b, "languages": _languages(args) if b == SANTACODER else ["py"],
+                "limit": args.limit, "samples": args.samples, "santacoder_layout": args.santacoder_layout,
+                "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation()}
+        check_run_info(out, info)
+        mine = shard_tasks(tasks, shard)
+        path = out / shard_name(shard)
+        counts = run_tasks(mine, system, path, samples=args.samples, workers=args.workers,
+                           batch_size=args.batch_size, execute_tests=not args.no_exec, timeout=args.timeout,
+                           progress=not args.no_progress)
+        print(f"{b}: {counts['ran']} run now, {counts['skipped_finished']} already finished -> {path}")
+        if shard is None or shard[1] == 1:
+            _finish(out, info)
+        else:
+            print(f"shard {shard[0]}/{shard[1]} done; when every shard is, run: python -m fim_lsp.eval merge --out {out}")
+    return 0
+
+
+def _finish(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    records = read_records(out / RESULTS)
+    summary = summarize(records, info["benchmark"])
+    write_reports(out, summary, records, info)
+    _print_headline(summary)
+    print(f"report: {out / 'report.md'}")
+    return summary
+
+
+def _print_headline(summary: dict[str, Any]) -> None:
+    for lang, e in summary["by_language"].items():
+        for metric, m in e["metrics"].items():
+            if m.get("skipped"):
+                print(f"  [{lang}] {metric}: skipped ({m['why']})")
+                continue
+            cells = ", ".join(f"{s} {v['correct']:g}/{v['samples']}" for s, v in m["systems"].items())
+            print(f"  [{lang}] {metric}: {cells}")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    root = Path(args.out)
+    runs = [root] if (root / "run.json").exists() else sorted(p.parent for p in root.glob("*/run.json"))
+    if not runs:
+        raise SystemExit(f"no run.json under {root}")
+    for out in runs:
+        records = merge(out)
+        print(f"{out}: {len(records)} records merged")
+        _finish(out, json.loads((out / "run.json").read_text()))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .score import score_file
+    return score_file(args, _load(args.benchmark, args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    apply_preset(parser, argv)
+    args = parser.parse_args(argv)
+    try:
+        return {"run": cmd_run, "score": cmd_score, "merge": cmd_merge}[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished tasks are saved; rerun the same command to resume", file=sys.stderr)
+        return 130
