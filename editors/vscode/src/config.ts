@@ -25,6 +25,9 @@ export const SERVER_DEFAULTS = {
   enabled: true,
   prefixLines: 64,
   suffixLines: 16,
+  maxPrefixTokens: 1024,
+  maxSuffixTokens: 256,
+  multiline: "auto",
   debounceMs: 0,
   waitForModelsMs: 10000,
   cacheSize: 256,
@@ -40,6 +43,7 @@ const ENUMS: Partial<Record<ServerKey, readonly string[]>> = {
   alg: ["origin", "maskgit_plus", "topk_margin", "entropy", "p2"],
   scoreMode: ["fim", "plain"],
   logLevel: ["debug", "info", "warning", "error"],
+  multiline: ["auto", "always", "never"],
 };
 
 /** Keys where an empty string or 0 in the settings UI means "let the server decide". */

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import {
   buildCommandLine,
@@ -18,7 +20,7 @@ describe("toServerSettings", () => {
   it("sends every server key with its default when nothing is set", () => {
     const s = toServerSettings(reader({}));
     assert.deepEqual(s, SERVER_DEFAULTS);
-    assert.equal(SERVER_KEYS.length, 26);
+    assert.equal(SERVER_KEYS.length, 29);
   });
 
   it("passes user values through and leaves client-only keys out", () => {
@@ -121,5 +123,20 @@ describe("substitute and describe", () => {
 
   it("quotes arguments with spaces", () => {
     assert.equal(describeCommandLine({ command: "/a b/python", args: ["-m", "fim_lsp"] }), '"/a b/python" -m fim_lsp');
+  });
+});
+
+describe("package.json", () => {
+  it("contributes every server key as fimLsp.<key> with the server's default", () => {
+    // out/test/ -> package root
+    const pkg = JSON.parse(readFileSync(join(__dirname, "..", "..", "package.json"), "utf8"));
+    const props = pkg.contributes.configuration.properties as Record<string, { default: unknown }>;
+    for (const key of SERVER_KEYS) {
+      assert.ok(props[`fimLsp.${key}`], `fimLsp.${key} missing`);
+      assert.deepEqual(props[`fimLsp.${key}`].default, SERVER_DEFAULTS[key], key);
+    }
+    // Client commands must not clash with the server's own executeCommand ids.
+    const ids = (pkg.contributes.commands as { command: string }[]).map((c) => c.command);
+    assert.ok(ids.every((id) => !id.startsWith("fimLsp.")));
   });
 });
