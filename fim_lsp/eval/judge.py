@@ -3,12 +3,11 @@ compute SantaCoder's exact-match rules. Every judgement names its rule."""
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .data import SANTACODER, Task, santacoder_first_body_line
-from .sandbox import Limits, SlotPool
+from .sandbox import Limits, SlotPool, python_executable
 
 # The JVM and V8 reserve far more virtual memory than they use, so RLIMIT_AS would kill them at start;
 # their heaps are capped by flags instead. The JVM also starts slowly, hence its longer timeout.
@@ -107,7 +106,7 @@ def execute(task: Task, completion: str, pool: SlotPool, timeout: float | None =
     else:
         name, program = "prog.py", humaneval_program(task, completion)
     if task.language == "py":
-        argv = [sys.executable, "-I", name]
+        argv = [python_executable(), "-I", name]
     elif task.language == "js":
         argv = ["node", *NODE_FLAGS, name]
     else:

@@ -21,13 +21,16 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-BASE_UID = 61000  # worker slot k runs as uid/gid BASE_UID + k (no passwd entry needed)
+BASE_UID = 61000  # uids from here up run the programs (no passwd entry needed)
+SLOTS_PER_PROCESS = 64  # each eval process owns a block of uids, one per worker slot
+MAX_BLOCKS = 64
 # Mount setup done as root inside the new namespaces, then privileges are dropped for good.
 _NS_SCRIPT = (
     'mount --bind "$W" "$W" && mount -t tmpfs -o size=8m,mode=1777 tmpfs /dev/shm && '
@@ -71,12 +74,65 @@ def _unshare_works() -> bool:
         return False
 
 
+def _world_executable(path: str) -> bool:
+    """Whether a user with no special rights can run ``path``: every directory on the way needs o+x."""
+    real = Path(os.path.realpath(path))
+    try:
+        if not real.stat().st_mode & 0o001:
+            return False
+        return all(p.stat().st_mode & 0o001 for p in real.parents)
+    except OSError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def python_executable() -> str:
+    """The interpreter for Python test programs. Under a dropped uid it must be reachable by that uid:
+    an interpreter installed under /root (pyenv) is not, so fall back to a system python3 (the tests
+    need only the standard library)."""
+    if isolation() == "rlimits" or _world_executable(sys.executable):
+        return sys.executable
+    for cand in ("/usr/local/bin/python3", "/usr/bin/python3"):
+        if os.path.exists(cand) and _world_executable(cand):
+            return cand
+    raise RuntimeError(f"no python3 that the sandbox uid can run ({sys.executable} is private to root)")
+
+
 @lru_cache(maxsize=1)
 def isolation() -> str:
     """'namespaces' (root + working unshare), 'uid' (root, no unshare), or 'rlimits' (not root)."""
     if os.geteuid() != 0:
         return "rlimits"
     return "namespaces" if _unshare_works() else "uid"
+
+
+@lru_cache(maxsize=1)
+def _uid_block() -> int:
+    """Claim a block of uids for this process (held by an flock until it exits), so two evals on one
+    machine never share a uid: the clean-up kills every process of a uid."""
+    import fcntl
+
+    locks = Path(tempfile.gettempdir()) / "fim-eval-uid-locks"
+    locks.mkdir(mode=0o700, exist_ok=True)
+    for block in range(MAX_BLOCKS):
+        fd = os.open(locks / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held_locks.append(fd)  # kept open for the life of the process
+        return block
+    raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+
+
+_held_locks: list[int] = []
+
+
+def slot_uid(slot: int) -> int:
+    if not 0 <= slot < SLOTS_PER_PROCESS:
+        raise ValueError(f"sandbox slot {slot} out of range (at most {SLOTS_PER_PROCESS} workers)")
+    return BASE_UID + _uid_block() * SLOTS_PER_PROCESS + slot
 
 
 def _limiter(limits: Limits, uid: int | None):
@@ -121,6 +177,11 @@ def _kill_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+# Messages of the wrapper itself, before the program starts. util-linux 2.38's unshare fails about
+# once in a thousand starts here with "sigprocmask unblock failed"; such a start is simply retried.
+_WRAPPER_ERRORS = ("unshare: ", "setpriv: ", "mount: ", "sandbox: ")
+
+
 def run_program(argv: list[str], files: dict[str, str], limits: Limits | None = None,
                 slot: int = 0, extra_env: dict[str, str] | None = None) -> ExecResult:
     """Write ``files`` into a fresh temp dir and run ``argv`` there under the limits.
@@ -128,8 +189,17 @@ def run_program(argv: list[str], files: dict[str, str], limits: Limits | None = 
     ``slot`` picks the worker uid; concurrent calls must use different slots (SlotPool does that).
     """
     limits = limits or Limits()
+    for _ in range(3):
+        res = _run_once(argv, files, limits, slot, extra_env)
+        if not (res.status == "failed" and isolation() == "namespaces" and res.stderr.startswith(_WRAPPER_ERRORS)):
+            break
+    return res
+
+
+def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
+              extra_env: dict[str, str] | None) -> ExecResult:
     mode = isolation()
-    uid = BASE_UID + slot if mode != "rlimits" else None
+    uid = slot_uid(slot) if mode != "rlimits" else None
     work = Path(tempfile.mkdtemp(prefix="fim-eval-"))
     try:
         for name, text in files.items():
@@ -158,14 +228,15 @@ def run_program(argv: list[str], files: dict[str, str], limits: Limits | None = 
             except subprocess.TimeoutExpired:
                 rc, status = None, "timeout"
             finally:
-                # the group may outlive its leader (background children): kill it either way
+                # everything the program started dies with it: first every process of the worker uid
+                # (reaches forks that called setsid, in or out of the namespace), then the group
+                if uid is not None:
+                    _kill_uid(uid)
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 proc.wait()
-                if mode == "uid" and uid is not None:
-                    _kill_uid(uid)
         seconds = time.monotonic() - start
         return ExecResult(status, rc, seconds, _read_capped(out_path, limits.output_limit),
                           _read_capped(err_path, limits.output_limit))
