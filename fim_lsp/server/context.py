@@ -1,0 +1,106 @@
+"""Prefix/suffix around the cursor: position encodings, CRLF, line budgets, single- vs multi-line.
+
+The model always sees LF text; `eol` remembers the document's line ending so the inserted text can be
+converted back."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
+# Text after the cursor made only of these still counts as "end of line" (auto-closed pairs, `;`).
+CLOSERS = set(")]}>\"'`;,")
+
+
+def units(text: str, encoding: str) -> int:
+    """Length of `text` in the negotiated code units."""
+    if encoding == UTF32:
+        return len(text)
+    if encoding == UTF8:
+        return len(text.encode("utf-8"))
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def char_column(line: str, column: int, encoding: str) -> int:
+    """Python string index for a client column; past the end clamps to the line end, and a column in
+    the middle of a surrogate pair or UTF-8 sequence rounds down to the character's start."""
+    if encoding == UTF32:
+        return max(0, min(column, len(line)))
+    seen = 0
+    for i, ch in enumerate(line):
+        width = units(ch, encoding)
+        if seen + width > column:
+            return i
+        seen += width
+    return len(line)
+
+
+def client_column(line: str, index: int, encoding: str) -> int:
+    return units(line[:index], encoding)
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines without their endings; handles LF, CRLF and lone CR like LSP clients do."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+@dataclass
+class FimContext:
+    prefix: str  # LF line endings, within the line budget
+    suffix: str
+    line: int  # clamped cursor, 0-based line
+    char: int  # clamped cursor, Python index in the line
+    line_before: str  # the cursor's line up to the cursor
+    line_after: str  # the cursor's line after the cursor
+    next_lines: list[str]  # the lines after the cursor's line (for trimming repeats)
+    eol: str  # "\r\n" or "\n"
+    encoding: str
+
+    @property
+    def single_line(self) -> bool:
+        """Code after the cursor on this line (other than closing brackets/quotes) means the user is
+        mid-line: offer a single line, never a block that would push that code down."""
+        return any(not ch.isspace() and ch not in CLOSERS for ch in self.line_after)
+
+    def range_end_column(self, chars_covered: int) -> int:
+        """Client column of the cursor plus `chars_covered` characters of the line after it."""
+        return client_column(self.line_before + self.line_after, self.char + chars_covered, self.encoding)
+
+    @property
+    def cursor_column(self) -> int:
+        return client_column(self.line_before, len(self.line_before), self.encoding)
+
+
+def extract(text: str, line: int, column: int, encoding: str = UTF16,
+            prefix_lines: int = 64, suffix_lines: int = 16) -> FimContext:
+    """Context for a cursor at (line, column in client units). Out-of-range positions clamp to the
+    document's end rather than fail: a stale position is normal while the user types."""
+    eol = "\r\n" if "\r\n" in text[:100_000] else "\n"
+    lines = split_lines(text)
+    line = max(0, min(line, len(lines) - 1))
+    current = lines[line]
+    char = char_column(current, max(0, column), encoding)
+    before, after = current[:char], current[char:]
+    first = max(0, line - prefix_lines)
+    prefix = "\n".join(lines[first:line] + [before])
+    last = min(len(lines), line + 1 + suffix_lines)
+    suffix = "\n".join([after] + lines[line + 1:last])
+    return FimContext(prefix=prefix, suffix=suffix, line=line, char=char, line_before=before,
+                      line_after=after, next_lines=lines[line + 1:line + 1 + 8], eol=eol, encoding=encoding)
+
+
+def clip_tokens(tokenizer: object, text: str, max_tokens: int, keep_end: bool) -> str:
+    """Cut `text` to at most `max_tokens` tokens, keeping its end (prefix) or its start (suffix).
+    The cut lands on a line boundary when one is near, so the model never sees half a line."""
+    if max_tokens <= 0 or not text:
+        return text
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # type: ignore[operator]
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= max_tokens:
+        return text
+    if keep_end:
+        cut = offsets[len(offsets) - max_tokens][0]
+        nl = text.find("\n", cut)
+        return text[nl + 1:] if 0 <= nl < len(text) - 1 else text[cut:]
+    cut = offsets[max_tokens - 1][1]
+    nl = text.rfind("\n", 0, cut)
+    return text[:nl] if nl > 0 else text[:cut]

@@ -1,0 +1,122 @@
+"""LSP feature handlers: each one translates between protocol types and the completion service."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from lsprotocol import types
+
+from .hover import candidates_json, candidates_markdown
+from .server import CMD_ACCEPTED, CMD_SHOW, CMD_STATS, FimLanguageServer, guarded, reconfigure_engine
+from .service import Offer, accepted_args
+
+Items = list[types.InlineCompletionItem]
+
+
+def _range(offer: Offer, cover: int) -> types.Range:
+    ctx = offer.ctx
+    start = types.Position(line=ctx.line, character=ctx.cursor_column)
+    return types.Range(start=start, end=types.Position(line=ctx.line, character=ctx.range_end_column(cover)))
+
+
+def _command(offer: Offer, cand: Any) -> types.Command:
+    return types.Command(title="fim-lsp: accepted", command=CMD_ACCEPTED, arguments=[accepted_args(offer, cand)])
+
+
+def register(ls: FimLanguageServer) -> None:
+    background: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget tasks alive until they finish
+
+    def spawn(coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    @ls.feature(types.INITIALIZE)
+    def on_initialize(ls: FimLanguageServer, params: types.InitializeParams) -> None:
+        new = ls.apply_settings(params.initialization_options or {}, "initializationOptions")
+        if new is not None:
+            ls.engine.reconfigure(new)  # nothing is loaded yet: just take the config
+
+    @ls.feature(types.INITIALIZED)
+    def on_initialized(ls: FimLanguageServer, params: types.InitializedParams) -> None:
+        _ = ls.worker  # start the worker on the serving loop
+        spawn(ls.loader.load())
+
+    @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def on_configuration(ls: FimLanguageServer, params: types.DidChangeConfigurationParams) -> None:
+        new = ls.apply_settings(params.settings, "didChangeConfiguration")
+        if new is not None:
+            spawn(reconfigure_engine(ls, new))
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: FimLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.worker.cancel_key(params.text_document.uri)
+
+    @ls.feature(types.SHUTDOWN)
+    def on_shutdown(ls: FimLanguageServer, params: Any = None) -> None:
+        ls.worker.stop()
+
+    @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    @guarded(lambda: types.InlineCompletionList(items=[]))
+    async def inline_completion(ls: FimLanguageServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        pos = params.position
+        offer = await ls.service.complete(params.text_document.uri, pos.line, pos.character)
+        if offer is None:
+            return types.InlineCompletionList(items=[])
+        automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+        chosen = offer.inserts[:1] if automatic else offer.inserts
+        return types.InlineCompletionList(items=[
+            types.InlineCompletionItem(insert_text=ins.text, range=_range(offer, ins.cover),
+                                       command=_command(offer, cand))
+            for cand, ins in chosen])
+
+    @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
+    @guarded(lambda: types.CompletionList(is_incomplete=True, items=[]))
+    async def completion(ls: FimLanguageServer, params: types.CompletionParams) -> types.CompletionList:
+        pos = params.position
+        offer = await ls.service.complete(params.text_document.uri, pos.line, pos.character)
+        # is_incomplete: the client asks again as the user types, and typing-through hits the cache.
+        if offer is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        cand, ins = offer.inserts[0]
+        first = ins.text.replace("\r\n", "\n").split("\n", 1)[0].strip() or ins.text.strip()
+        label = first if len(first) <= 60 else first[:57] + "..."
+        fence = "```"
+        return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+            label=label, kind=types.CompletionItemKind.Snippet, detail=f"fim-lsp ({cand.model})",
+            documentation=types.MarkupContent(kind=types.MarkupKind.Markdown,
+                                              value=f"{fence}\n{ins.text}\n{fence}"),
+            text_edit=types.TextEdit(range=_range(offer, ins.cover), new_text=ins.text),
+            sort_text="0", preselect=True, command=_command(offer, cand))])
+
+    @ls.feature(types.TEXT_DOCUMENT_HOVER)
+    @guarded(lambda: None)
+    async def hover(ls: FimLanguageServer, params: types.HoverParams) -> types.Hover | None:
+        last = ls.last
+        if last is None or last.uri != params.text_document.uri or params.position.line != last.ctx.line:
+            return None
+        return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown,
+                                                        value=candidates_markdown(last)))
+
+    @ls.command(CMD_SHOW)
+    @guarded(lambda: None)
+    async def show_candidates(ls: FimLanguageServer, *args: Any) -> dict[str, Any] | None:
+        return candidates_json(ls.last) if ls.last is not None else None
+
+    @ls.command(CMD_STATS)
+    @guarded(lambda: {})
+    async def stats(ls: FimLanguageServer, *args: Any) -> dict[str, Any]:
+        out = ls.stats.to_dict()
+        out.update({"state": ls.loader.state, "models": ls.engine.available,
+                    "loadErrors": dict(ls.engine.load_errors), "cacheEntries": len(ls.cache),
+                    "workerBusy": bool(ls._worker and ls._worker.busy)})
+        return out
+
+    @ls.command(CMD_ACCEPTED)
+    @guarded(lambda: None)
+    async def accepted(ls: FimLanguageServer, *args: Any) -> None:
+        info = args[0] if args and isinstance(args[0], dict) else {}
+        model = info.get("model")
+        if isinstance(model, str):
+            ls.stats.acceptances[model] += 1
+        return None

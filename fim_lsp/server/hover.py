@@ -1,0 +1,71 @@
+"""Markdown for the hover and the JSON for `fimLsp.showCandidates`: the competing completions."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .service import Offer
+
+CANDIDATE_KEYS = ("model", "text", "perplexity", "tokens", "seconds", "forward_passes", "hole_length")
+
+
+def _ppl(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "n/a"
+
+
+def _fence(text: str) -> str:
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}\n{text}\n{ticks}"
+
+
+def candidates_markdown(offer: Offer) -> str:
+    comp = offer.completion
+    winner = comp.winner
+    lines = ["### fim-lsp candidates", ""]
+    if winner is None:
+        return "\n".join(lines + ["_no candidates_"])
+    others = [c for c in comp.candidates if c is not winner and math.isfinite(c.perplexity)]
+    margin = ""
+    if others and math.isfinite(winner.perplexity):
+        runner = min(others, key=lambda c: c.perplexity)
+        label = runner.model + (f" L={runner.hole_length}" if runner.hole_length else "")
+        margin = (f" by {runner.perplexity - winner.perplexity:.3f} perplexity "
+                  f"({runner.perplexity / winner.perplexity:.2f}x lower than {label})")
+    lines.append(f"**chosen: {winner.model}** (lowest perplexity{margin})"
+                 + (" — answered from cache" if offer.from_cache else ""))
+    lines.append("")
+    for cand in comp.candidates:
+        mark = "✓ " if cand is winner else ""
+        hole = f", hole {cand.hole_length} tokens" if cand.hole_length else ""
+        lines.append(f"#### {mark}{cand.model}: perplexity {_ppl(cand.perplexity)}")
+        lines.append(f"{cand.tokens} tokens, {cand.forward_passes} forward passes, {cand.seconds:.3f} s{hole}")
+        lines.append(_fence(cand.text or "(empty)"))
+        lines.append("")
+    stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in comp.timings.items())
+    lines.append(f"**timings:** {stages}; request {offer.latency_ms:.0f} ms")
+    for note in comp.notes:
+        lines.append(f"_{note}_")
+    return "\n".join(lines)
+
+
+def candidates_json(offer: Offer) -> dict[str, Any]:
+    comp = offer.completion
+    cands = []
+    for cand in comp.candidates:
+        d = cand.to_dict()
+        cands.append({k: d[k] for k in CANDIDATE_KEYS})
+    shown = offer.inserts[0][1].text if offer.inserts else ""
+    return {
+        "uri": offer.uri,
+        "position": {"line": offer.line, "character": offer.character},
+        "winner": comp.winner.model if comp.winner else None,
+        "completion": comp.text,
+        "inserted": shown,
+        "candidates": cands,
+        "timings": dict(comp.timings),
+        "latencyMs": offer.latency_ms,
+        "fromCache": offer.from_cache,
+        "notes": list(comp.notes),
+    }

@@ -1,0 +1,160 @@
+"""One completion request, end to end: context -> cache -> (debounce, wait for models) -> worker ->
+post-process -> items. The feature handlers in server.py are thin wrappers over `complete`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
+from .context import FimContext, clip_tokens, extract
+from .postprocess import Insert, postprocess
+from .worker import CANCELLED, SUPERSEDED
+
+if TYPE_CHECKING:
+    from .server import FimLanguageServer
+
+log = logging.getLogger("fim_lsp.server")
+MAX_DOCUMENT_CHARS = 20_000_000  # beyond this the editor is not sending code; skip rather than stall
+
+
+@dataclass
+class Offer:
+    """What one request answered with, kept as `last` for hover and fimLsp.showCandidates."""
+
+    uri: str
+    line: int  # client position of the request
+    character: int
+    ctx: FimContext
+    completion: Completion
+    inserts: list[tuple[Candidate, Insert]]  # distinct usable candidates, winner first
+    from_cache: bool
+    latency_ms: float
+    extra_notes: list[str] = field(default_factory=list)
+
+    @property
+    def winner(self) -> Candidate | None:
+        return self.completion.winner
+
+
+def distinct_inserts(completion: Completion, ctx: FimContext, single_line: bool) -> list[tuple[Candidate, Insert]]:
+    ordered = sorted(completion.candidates, key=lambda c: c is not completion.winner)  # stable: winner first
+    seen: set[tuple[str, int]] = set()
+    out: list[tuple[Candidate, Insert]] = []
+    for cand in ordered:
+        ins = postprocess(cand.text, ctx, single_line)
+        if ins is None or (ins.text, ins.cover) in seen:
+            continue
+        seen.add((ins.text, ins.cover))
+        out.append((cand, ins))
+    return out
+
+
+class CompletionService:
+    def __init__(self, ls: "FimLanguageServer") -> None:
+        self.ls = ls
+        self._seq: dict[str, int] = {}
+
+    def _is_latest(self, uri: str, seq: int) -> bool:
+        return self._seq.get(uri) == seq
+
+    async def complete(self, uri: str, line: int, character: int) -> Offer | None:
+        """None means "no completion" for any reason; every reason is counted in the stats."""
+        ls, stats = self.ls, self.ls.stats
+        started = time.perf_counter()
+        stats.requests += 1
+        seq = self._seq.get(uri, 0) + 1
+        self._seq[uri] = seq
+        settings = ls.settings
+        doc = ls.workspace.text_documents.get(uri)
+        if not settings.enabled or doc is None:
+            stats.empty += 1
+            return None
+        text = doc.source
+        if len(text) > MAX_DOCUMENT_CHARS:
+            stats.empty += 1
+            return None
+        encoding = str(ls.workspace.position_encoding or "utf-16")
+        ctx = extract(text, line, character, encoding, settings.prefix_lines, settings.suffix_lines)
+        single = {"always": False, "never": True}.get(settings.multiline, ctx.single_line)
+
+        hit = ls.cache.get(ctx.prefix, ctx.suffix)
+        if hit is not None:
+            stats.cache_hits += 1
+            stats.typed_through += bool(hit.typed)
+            return self._offer(uri, line, character, ctx, hit.completion, single, True, started)
+
+        if settings.debounce_ms > 0:
+            await asyncio.sleep(settings.debounce_ms / 1000)
+            if not self._is_latest(uri, seq):
+                stats.debounced += 1
+                stats.superseded += 1
+                return None
+        if not await ls.loader.wait_ready(settings.wait_for_models_ms / 1000):
+            stats.not_ready += 1
+            stats.empty += 1
+            return None
+        if not self._is_latest(uri, seq):
+            stats.superseded += 1
+            return None
+        if not ls.engine.available:
+            stats.empty += 1
+            return None
+
+        job = ls.worker.submit(lambda cancel: self._run_engine(ctx, cancel), key=uri)
+        try:
+            completion, prefix, suffix = await job.future
+        except Cancelled:
+            if job.reason == SUPERSEDED:
+                stats.superseded += 1
+            else:
+                stats.cancelled += 1
+            return None
+        except asyncio.CancelledError:
+            # $/cancelRequest: pygls cancelled this handler's task. Stop the model loop and answer
+            # with an empty result now instead of an error.
+            job.cancel(CANCELLED)
+            stats.cancelled += 1
+            return None
+        ls.cache.put(prefix, suffix, completion)
+        return self._offer(uri, line, character, ctx, completion, single, False, started)
+
+    def _run_engine(self, ctx: FimContext, cancel: CancelCheck) -> tuple[Completion, str, str]:
+        """Worker thread. Token budgets are applied here: tokenizing is model work too."""
+        ls, stats, settings = self.ls, self.ls.stats, self.ls.settings
+        lm = ls.engine.ar or ls.engine.dllm
+        prefix = clip_tokens(lm.tokenizer, ctx.prefix, settings.max_prefix_tokens, keep_end=True) if lm else ctx.prefix
+        suffix = clip_tokens(lm.tokenizer, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if lm else ctx.suffix
+        stats.model_runs += 1
+        try:
+            completion = ls.engine.complete(prefix, suffix, cancel=cancel)
+        except Cancelled:
+            stats.interrupted_loops += 1
+            raise
+        stats.completed_loops += 1
+        # Keyed by the window the request saw (before token clipping), which is what a repeat sends.
+        return completion, ctx.prefix, ctx.suffix
+
+    def _offer(self, uri: str, line: int, character: int, ctx: FimContext, completion: Completion,
+               single: bool, from_cache: bool, started: float) -> Offer | None:
+        ls, stats = self.ls, self.ls.stats
+        latency = (time.perf_counter() - started) * 1000
+        inserts = distinct_inserts(completion, ctx, single)
+        offer = Offer(uri, line, character, ctx, completion, inserts, from_cache, latency)
+        ls.last = offer
+        if not inserts:
+            stats.empty += 1
+            return None
+        stats.served += 1
+        stats.latencies_ms.append(latency)
+        if not from_cache and completion.winner is not None:
+            stats.wins[completion.winner.model] += 1
+        ls.loader.send_status("ready", "served" + (" from cache" if from_cache else ""), latency)
+        return offer
+
+
+def accepted_args(offer: Offer, cand: Candidate) -> dict[str, Any]:
+    return {"model": cand.model, "uri": offer.uri, "line": offer.line, "character": offer.character,
+            "winner": offer.winner.model if offer.winner else None, "fromCache": offer.from_cache}

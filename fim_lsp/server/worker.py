@@ -1,0 +1,110 @@
+"""One thread for all model work (one GPU queue), so the event loop never blocks on a model.
+
+Per document the latest request wins: submitting a job with a key cancels the older job with the
+same key. A cancelled job answers at once (its future fails with Cancelled right away) and its model
+loop, if running, stops at the next decode/diffusion step when it polls the flag."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+from ..engine.results import CancelCheck, Cancelled
+
+log = logging.getLogger("fim_lsp.server.worker")
+SUPERSEDED, CANCELLED = "superseded", "cancelled"
+
+
+class Job:
+    def __init__(self, fn: Callable[[CancelCheck], Any], key: str | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.key = key
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.flag = threading.Event()
+        self.reason: str | None = None
+        # asyncio cancels an awaited future when the awaiting task is cancelled ($/cancelRequest):
+        # the model loop must hear about that too.
+        self.future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self.reason = self.reason or CANCELLED
+            self.flag.set()
+
+    def cancelled(self) -> bool:
+        return self.flag.is_set()
+
+    def cancel(self, reason: str) -> None:
+        """Event loop thread only."""
+        if self.flag.is_set():
+            return
+        self.reason = reason
+        self.flag.set()
+        if not self.future.done():
+            self.future.set_exception(Cancelled(reason))
+
+    def _finish(self, ok: bool, value: Any) -> None:
+        if self.future.done():
+            return  # cancelled while it ran: the answer already went out
+        if ok:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(value)
+
+
+class ModelWorker:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._latest: dict[str, Job] = {}
+        self.busy = False
+        self._thread = threading.Thread(target=self._run, name="fim-lsp-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[CancelCheck], Any], key: str | None = None) -> Job:
+        """Event loop thread only. `fn` gets the cancel check to hand to the engine."""
+        job = Job(fn, key, self.loop)
+        if key is not None:
+            old = self._latest.get(key)
+            if old is not None:
+                old.cancel(SUPERSEDED)
+            self._latest[key] = job
+            job.future.add_done_callback(lambda _f, k=key, j=job: self._forget(k, j))
+        self._queue.put(job)
+        return job
+
+    def _forget(self, key: str, job: Job) -> None:
+        if self._latest.get(key) is job:
+            del self._latest[key]
+
+    def cancel_key(self, key: str, reason: str = CANCELLED) -> None:
+        job = self._latest.get(key)
+        if job is not None:
+            job.cancel(reason)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancelled():
+                continue  # superseded while queued: never touches the model
+            self.busy = True
+            try:
+                value, ok = job.fn(job.flag.is_set), True
+            except BaseException as err:  # noqa: BLE001 - the worker must outlive any job
+                if not isinstance(err, Cancelled):
+                    log.exception("model job failed")
+                value, ok = err, False
+            finally:
+                self.busy = False
+            try:
+                self.loop.call_soon_threadsafe(job._finish, ok, value)
+            except RuntimeError:
+                return  # the event loop is closed: the server is exiting
