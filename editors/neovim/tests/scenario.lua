@@ -94,8 +94,8 @@ function scenarios.ghost()
   out.filetype = vim.bo.filetype
   out.started = wait_for(function()
     local c = client()
-    return c and c.initialized and fim.status[c.id] and fim.status[c.id].state == "ready"
-  end, 40000)
+    return next(fim.failures) ~= nil or (c and c.initialized and fim.status[c.id] and fim.status[c.id].state == "ready")
+  end, 40000) and next(fim.failures) == nil
   local c = client()
   out.status = c and fim.status[c.id]
   if not c then
@@ -190,7 +190,7 @@ function scenarios.health()
   vim.cmd.edit(os.getenv("FIM_FILE"))
   wait_for(function()
     local c = client()
-    return c and fim.status[c.id] and fim.status[c.id].state == "ready"
+    return next(fim.failures) ~= nil or (c and fim.status[c.id] and fim.status[c.id].state == "ready")
   end, 40000)
   vim.cmd("checkhealth fim_lsp")
   out.health = vim.api.nvim_buf_get_lines(0, 0, -1, false)

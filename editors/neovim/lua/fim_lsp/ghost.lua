@@ -26,7 +26,13 @@ M.ns = vim.api.nvim_create_namespace("fim_lsp.ghost")
 M.state = {}
 
 ---@param bufnr integer
+local function resolve(bufnr)
+  return (bufnr == nil or bufnr == 0) and vim.api.nvim_get_current_buf() or bufnr
+end
+
+---@param bufnr integer
 function M.clear(bufnr)
+  bufnr = resolve(bufnr)
   local st = M.state[bufnr]
   if st then
     st.items, st.index = {}, 0
@@ -45,6 +51,7 @@ end
 ---@param bufnr integer
 ---@return fim_lsp.Item?
 function M.current(bufnr)
+  bufnr = resolve(bufnr)
   local st = M.state[bufnr]
   if not st or st.index == 0 then
     return nil
@@ -212,6 +219,7 @@ end
 ---@param bufnr integer
 ---@return boolean
 function M.accept(bufnr)
+  bufnr = resolve(bufnr)
   local item = M.current(bufnr)
   if not item then
     return false

