@@ -14,6 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny models gain nothing from threads, and on a 2-core machine spinning OpenMP workers
+    # starve the server subprocesses and sandboxes the tests start.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTDIR with ar/ and dllm/, written by `python -m fim_lsp.tiny` code."""

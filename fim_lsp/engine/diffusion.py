@@ -93,8 +93,8 @@ def mdm_sample(
             x = torch.where(reveal, x0, x)
         elif params.alg == "p2":
             conf, x0 = sample_tokens(logits, params.temperature, params.top_p, params.top_k, generator=generator)
-            kappa = (i + 1) / params.steps
-            k = torch.floor(n_initial.float() * (1 - kappa)).long()
+            # floor(N * (1 - kappa)), kappa = (i+1)/steps, in integers: float32 turns 7 into 6.9999
+            k = n_initial * (params.steps - i - 1) // params.steps
             remask = _select(conf, ~frozen, k, highest=False, alg_temp=0.0, generator=generator)
             x = torch.where(masked & ~remask, x0, x)
             x = x.masked_fill(remask, mask_id)
