@@ -39,7 +39,10 @@ vim.o.laststatus = 2
 vim.o.statusline = " %%f  %%{v:lua.require'fim_lsp'.statusline()}"
 vim.cmd("filetype plugin indent on | syntax on")
 require("fim_lsp").setup({ cmd = %(cmd)s, settings = %(settings)s, debounce_ms = 50 })
--- Tell the recorder when ghost text is on screen.
+-- Tell the recorder when the models are loaded and when ghost text is on screen.
+vim.api.nvim_create_autocmd("User", { pattern = "FimLspStatus", callback = function(ev)
+  if ev.data.state == "ready" then io.open(%(ready)s, "w"):close() end
+end })
 local ns = require("fim_lsp.ghost").ns
 local timer = vim.uv.new_timer()
 timer:start(100, 50, vim.schedule_wrap(function()
@@ -59,11 +62,20 @@ def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
 
 
+def wait_file(path: Path, seconds: float, session: str) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        if time.time() > deadline:
+            raise TimeoutError(f"no {path.name} within {seconds} s:\n" + tmux("capture-pane", "-p", "-t", session))
+        time.sleep(0.1)
+
+
 def record(tiny: Path, outdir: Path, nvim: str = "nvim") -> Path:
     work = Path(tempfile.mkdtemp(prefix="fim-capture-"))
     src = work / "stats.py"
     src.write_text(SAMPLE, encoding="utf-8")
     marker = work / "ghost-shown"
+    ready = work / "models-ready"
     settings = {"arModel": str(tiny / "ar"), "dllmModel": str(tiny / "dllm"), "device": "cpu",
                 "steps": 8, "maxNewTokens": 12, "dllmLengths": [8]}
     init = work / "init.lua"
@@ -72,25 +84,23 @@ def record(tiny: Path, outdir: Path, nvim: str = "nvim") -> Path:
         "cmd": "{" + ", ".join(lua_str(a) for a in [sys.executable, "-m", "fim_lsp"]) + "}",
         "settings": f"vim.json.decode({lua_str(json.dumps(settings))})",
         "marker": lua_str(str(marker)),
+        "ready": lua_str(str(ready)),
     }, encoding="utf-8")
     session = f"fimcap{int(time.time())}"
     tmux("new-session", "-d", "-s", session, "-x", str(COLS), "-y", str(ROWS), "-e", "TERM=xterm-256color",
-         "-e", "HF_HUB_OFFLINE=1", "-e", f"XDG_STATE_HOME={work}/state",
-         f"{nvim} -u {init} -i NONE {src}")
+         "-e", "HF_HUB_OFFLINE=1", "-e", f"PYTHONPATH={PLUGIN.parents[1]}", "-e", f"XDG_STATE_HOME={work}/state",
+         "-c", str(work), f"{nvim} -u {init} -i NONE {src.name}")
     try:
         tmux("set-option", "-t", session, "default-terminal", "tmux-256color")
-        time.sleep(1.0)
+        wait_file(ready, 90, session)
         # Go to the empty body line, enter insert mode at its end, start typing.
         tmux("send-keys", "-t", session, "G", "A")
         time.sleep(0.3)
         tmux("send-keys", "-t", session, "-l", "return sum(values) / ")
-        deadline = time.time() + 60
-        while not marker.exists():
-            if time.time() > deadline:
-                raise TimeoutError("no ghost text within 60 s:\n" + tmux("capture-pane", "-p", "-t", session))
-            time.sleep(0.1)
+        wait_file(marker, 60, session)
         ansi = tmux("capture-pane", "-e", "-p", "-t", session)
         plain = tmux("capture-pane", "-p", "-t", session)
+        cursor = tuple(int(v) for v in tmux("display", "-p", "-t", session, "#{cursor_x} #{cursor_y}").split())
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -98,7 +108,7 @@ def record(tiny: Path, outdir: Path, nvim: str = "nvim") -> Path:
     (outdir / "ghost-text.ansi").write_text(ansi, encoding="utf-8")
     (outdir / "ghost-text.txt").write_text(plain, encoding="utf-8")
     png = outdir / "ghost-text.png"
-    render_png(ansi, png)
+    render_png(ansi, png, cursor)
     return png
 
 
@@ -162,7 +172,7 @@ def parse_sgr(params: list[int], st: dict) -> None:
         i += 1
 
 
-def render_png(ansi: str, out: Path) -> None:
+def render_png(ansi: str, out: Path, cursor: tuple[int, ...] | None = None) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     fonts = {}
@@ -200,6 +210,10 @@ def render_png(ansi: str, out: Path) -> None:
             if st["underline"]:
                 draw.line([x, y + ch - 3, x + cw - 1, y + ch - 3], fill=fg)
             col += 1
+    if cursor:
+        # capture-pane has no cursor; draw the insert-mode bar where tmux says it is.
+        x, y = pad + cursor[0] * cw, pad + cursor[1] * ch
+        draw.rectangle([x, y + 1, x + 1, y + ch - 2], fill=DEFAULT_FG)
     img.save(out)
 
 

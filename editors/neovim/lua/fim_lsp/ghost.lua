@@ -338,6 +338,10 @@ function M.attach(client, bufnr)
       end
     end,
   })
+  -- The server can come up while the user is already typing: offer something right away.
+  if vim.api.nvim_get_current_buf() == bufnr and vim.fn.mode():match("^i") then
+    schedule(bufnr)
+  end
 end
 
 return M
