@@ -63,6 +63,8 @@ function M.command(opts)
     cmd = { "fim-lsp" }
   end
   vim.list_extend(cmd, opts.args or {})
+  -- `~/venv/bin/python` is how people write it; the process spawner does not expand it.
+  cmd[1] = vim.fs.normalize(cmd[1])
   return cmd
 end
 
