@@ -62,7 +62,7 @@ def server_settings(tiny: Path) -> dict[str, Any]:
 
 
 def run_scenario(name: str, tmp: Path, cmd: list[str], settings: dict[str, Any] | None = None,
-                 timeout: float = 90) -> dict[str, Any]:
+                 timeout: float = 180) -> dict[str, Any]:
     src = tmp / "sample.py"
     src.write_text(SAMPLE, encoding="utf-8")
     out = tmp / f"{name}.json"

@@ -92,10 +92,12 @@ local scenarios = {}
 function scenarios.ghost()
   vim.cmd.edit(os.getenv("FIM_FILE"))
   out.filetype = vim.bo.filetype
+  local t0 = vim.uv.now()
   out.started = wait_for(function()
     local c = client()
     return next(fim.failures) ~= nil or (c and c.initialized and fim.status[c.id] and fim.status[c.id].state == "ready")
-  end, 40000) and next(fim.failures) == nil
+  end, 90000) and next(fim.failures) == nil
+  out.ready_after_ms = vim.uv.now() - t0
   local c = client()
   out.status = c and fim.status[c.id]
   if not c then
@@ -108,7 +110,8 @@ function scenarios.ghost()
   vim.api.nvim_input("ret")
   out.ghost_shown = wait_for(function()
     return #ghost_marks() > 0
-  end, 30000)
+  end, 60000)
+  out.ghost_after_ms = vim.uv.now() - t0
   out.mode = vim.fn.mode()
   out.marks = ghost_marks()
   local item = ghost.current(0)
@@ -191,7 +194,7 @@ function scenarios.health()
   wait_for(function()
     local c = client()
     return next(fim.failures) ~= nil or (c and fim.status[c.id] and fim.status[c.id].state == "ready")
-  end, 40000)
+  end, 90000)
   vim.cmd("checkhealth fim_lsp")
   out.health = vim.api.nvim_buf_get_lines(0, 0, -1, false)
 end
