@@ -102,7 +102,7 @@ def scripted_logits(conf_by_step: list[dict[int, tuple[int, float]]], length: in
     (the rest spread evenly). Keys are positions *after* the logit shift."""
     step = {"i": 0}
 
-    def fn(x: torch.Tensor) -> torch.Tensor:
+    def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         table = conf_by_step[step["i"]]
         step["i"] += 1
         probs = torch.full((1, length, V), 0.0)
@@ -111,7 +111,7 @@ def scripted_logits(conf_by_step: list[dict[int, tuple[int, float]]], length: in
             probs[0, p] = (1 - prob) / (V - 1)
             probs[0, p, tok] = prob
         # the sampler shifts right by one: output j-1 predicts position j
-        return torch.log(torch.cat([probs[:, 1:], probs[:, -1:]], dim=1))
+        return torch.log(torch.cat([probs[:, 1:], probs[:, -1:]], dim=1))[:, rows]
 
     return fn
 
@@ -153,7 +153,7 @@ def reference_mdm(x, mask_id, logits_fn, steps, alg, eps=1e-3):
         mask_index = x == mask_id
         if not mask_index.any():
             break
-        logits = logits_fn(x)
+        logits = logits_fn(x, torch.arange(x.size(1)))  # every row, unshifted
         logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         probs = torch.softmax(logits.float(), dim=-1)
         conf, x0 = probs.max(-1)
@@ -208,8 +208,9 @@ def test_suffix_changes_hole_logits(dllm):
     a = torch.tensor([p + [mid] * 4 + tok("]\nprint(x)", add_special_tokens=False)["input_ids"]])
     b = torch.tensor([p + [mid] * 4 + tok(")\nreturn y", add_special_tokens=False)["input_ids"]])
     width = min(a.size(1), b.size(1))
-    la = model_fn(dllm, a)(a)[0, : len(p) + 4]
-    lb = model_fn(dllm, b)(b)[0, : len(p) + 4]
+    rows = torch.arange(len(p) + 4)
+    la = model_fn(dllm, a)(a, rows)[0]
+    lb = model_fn(dllm, b)(b, rows)[0]
     assert width > len(p) + 4
     finite = torch.isfinite(la)  # the mask id is banned (-inf) on both sides
     assert (la - lb)[finite].abs().max() > 1e-4

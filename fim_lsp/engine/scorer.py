@@ -54,10 +54,19 @@ def score_batch(lm: LoadedModel, items: list[ScoreItem], mode: str = "fim") -> l
     for b, (ids, _, _) in enumerate(built):
         x[b, : len(ids)] = torch.tensor(ids, device=lm.device)
         attn[b, : len(ids)] = 1
+    # Project to the vocabulary only the rows that predict scored tokens: the context can be
+    # thousands of tokens, the completions a few dozen.
+    first = min(lo for _, lo, _ in built) - 1
+    last = max(max(hi, lo) for _, lo, hi in built) - 1
+    stop = min(max(last, first + 1), width - 1)
+    if stop <= first:  # plain mode, nothing but empty completions
+        return [score_from_logprobs([]) for _ in items]
+    rows = torch.arange(first, stop, device=lm.device)
     with torch.inference_mode():
-        logits = lm.model(input_ids=x, attention_mask=attn).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, x[:, 1:, None]).squeeze(-1)
-    return [score_from_logprobs(logp[b, lo - 1: hi - 1].tolist() if hi > lo else [])
+        logits = lm.model(input_ids=x, attention_mask=attn, logits_to_keep=rows).logits.float()
+    targets = x[:, rows + 1]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return [score_from_logprobs(logp[b, lo - 1 - first: hi - 1 - first].tolist() if hi > lo else [])
             for b, (_, lo, hi) in enumerate(built)]
 
 
