@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"run": cmd_run, "score": cmd_score, "merge": cmd_merge}[args.command](args)
+    except Exception as err:
+        from fim_lsp.engine.loading import ModelLoadError
+        if isinstance(err, ModelLoadError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("\ninterrupted: finished tasks are saved; rerun the same command to resume", file=sys.stderr)
         return 130
