@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import sys
 import time
@@ -13,7 +14,7 @@ from pytest_lsp.client import LanguageClient, make_test_lsp_client
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small loops keep the ordinary tests fast on a 2-core CPU.
-FAST = {"steps": 4, "maxNewTokens": 8, "dllmLengths": [4], "temperature": 0.0}
+FAST = {"steps": 4, "maxNewTokens": 8, "dllmLengths": [4]}
 
 
 def capabilities(inline: bool = True, progress: bool = True,
@@ -23,7 +24,8 @@ def capabilities(inline: bool = True, progress: bool = True,
         text_document=types.TextDocumentClientCapabilities(
             inline_completion=types.InlineCompletionClientCapabilities() if inline else None,
             hover=types.HoverClientCapabilities(content_format=[types.MarkupKind.Markdown]),
-            completion=types.CompletionClientCapabilities()),
+            completion=types.CompletionClientCapabilities(completion_item=types.ClientCompletionItemOptions(
+                documentation_format=[types.MarkupKind.Markdown]))),
         window=types.WindowClientCapabilities(work_done_progress=progress),
         general=types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None)
 
@@ -33,12 +35,13 @@ class Session:
         self.client = client
         self.statuses: list[dict[str, Any]] = []
         self.versions: dict[str, int] = {}
+        self.init: types.InitializeResult | None = None
 
-    async def wait_state(self, *states: str, timeout: float = 60) -> dict[str, Any]:
-        """The first status (from the latest load) whose state is in `states`."""
+    async def wait_state(self, *states: str, timeout: float = 60, since: int = 0) -> dict[str, Any]:
+        """The latest load's status once its state is in `states` (statuses from index `since` on)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for status in reversed(self.statuses):
+            for status in reversed(self.statuses[since:]):
                 if status["state"] in ("ready", "failed") and status["message"] in ("served", "served from cache"):
                     continue
                 if status["state"] in states:
@@ -70,6 +73,14 @@ class Session:
             return []
         return list(result.items if isinstance(result, types.InlineCompletionList) else result)
 
+    async def raw_request(self, method: str, params: Any) -> Any:
+        """Send params exactly as given (e.g. malformed), bypassing the client's typed serializer."""
+        msg_id = f"raw-{time.monotonic_ns()}"
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.client.protocol._request_futures[msg_id] = future
+        self.client.protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+        return await asyncio.wrap_future(future)
+
     async def command(self, name: str, *arguments: Any) -> Any:
         return await self.client.workspace_execute_command_async(
             types.ExecuteCommandParams(command=name, arguments=list(arguments)))
@@ -95,7 +106,7 @@ async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: l
     args = ["--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu", *(cli or [])]
     await client.start_io(sys.executable, "-m", "fim_lsp", *args, cwd=str(ROOT))
     try:
-        await client.initialize_session(types.InitializeParams(
+        session.init = await client.initialize_session(types.InitializeParams(
             capabilities=caps or capabilities(), initialization_options={**FAST, **(options or {})}))
         if wait:
             await session.wait_state("ready", "failed")

@@ -19,6 +19,7 @@ from .cache import CompletionCache
 from .hover import candidates_json, candidates_markdown
 from .loader import ModelLoader
 from .logs import LspLogHandler, set_level, setup_logging
+from .protocol import FimProtocol
 from .service import CompletionService, Offer, accepted_args
 from .settings import ServerSettings, apply_settings
 from .stats import Stats
@@ -32,7 +33,8 @@ T = TypeVar("T")
 
 class FimLanguageServer(LanguageServer):
     def __init__(self, config: EngineConfig, settings: ServerSettings, log_level: str = "info") -> None:
-        super().__init__("fim-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__("fim-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+                         protocol_cls=FimProtocol)
         self.settings = settings
         self.engine = Engine(config, notify=lambda msg: log.warning("%s", msg))
         self.cache = CompletionCache(settings.cache_size)

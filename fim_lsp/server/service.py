@@ -144,6 +144,7 @@ class CompletionService:
         inserts = distinct_inserts(completion, ctx, single)
         offer = Offer(uri, line, character, ctx, completion, inserts, from_cache, latency)
         ls.last = offer
+        ls.loader.send_status("ready", "served" + (" from cache" if from_cache else ""), latency)
         if not inserts:
             stats.empty += 1
             return None
@@ -151,7 +152,6 @@ class CompletionService:
         stats.latencies_ms.append(latency)
         if not from_cache and completion.winner is not None:
             stats.wins[completion.winner.model] += 1
-        ls.loader.send_status("ready", "served" + (" from cache" if from_cache else ""), latency)
         return offer
 
 

@@ -99,8 +99,8 @@ class ModelWorker:
             try:
                 value, ok = job.fn(job.flag.is_set), True
             except BaseException as err:  # noqa: BLE001 - the worker must outlive any job
-                if not isinstance(err, Cancelled):
-                    log.exception("model job failed")
+                # whoever awaits the job reports the failure, with the context to explain it
+                log.debug("model job ended with %r", err)
                 value, ok = err, False
             finally:
                 self.busy = False
