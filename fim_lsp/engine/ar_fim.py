@@ -1,13 +1,12 @@
 """Qwen2.5-Coder fill-in-the-middle generation: FIM prompt from ids, KV-cached batched decode."""
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 
 import torch
 
-from .loading import LoadedModel, encode, special_id
+from .loading import LoadedModel, cache_kwarg, encode, output_cache, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
 
@@ -16,11 +15,6 @@ FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_
 STOP_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
                "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>")
 
-
-
-def _cache_kwarg(model) -> str:
-    # transformers renamed past_key_values to cache during 5.x; accept both
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -43,6 +37,15 @@ def stop_ids(tokenizer) -> list[int]:
     return [i for i in (special_id(tokenizer, t) for t in STOP_TOKENS) if i is not None]
 
 
+@dataclass
+class PromptState:
+    """What the scorer needs to score more completions on the already-encoded FIM prompts."""
+
+    cache: object  # the KV cache, cropped to the prompts (transformers DynamicCache)
+    attn: torch.Tensor  # [B, W] left-padded prompt mask
+    first_logprobs: torch.Tensor  # [B, V] log P(first middle token | prompt), full vocabulary rows
+
+
 def generate_fim(
     lm: LoadedModel,
     requests: list[tuple[str, str]],
@@ -51,10 +54,23 @@ def generate_fim(
     cancel: CancelCheck | None = None,
 ) -> list[Generation]:
     """Generate one middle per (prefix, suffix), all in one left-padded batch."""
+    return generate_fim_keep_prompt(lm, requests, params, generator, cancel)[0]
+
+
+def generate_fim_keep_prompt(
+    lm: LoadedModel,
+    requests: list[tuple[str, str]],
+    params: ArParams,
+    generator: torch.Generator | None = None,
+    cancel: CancelCheck | None = None,
+) -> tuple[list[Generation], PromptState]:
+    """generate_fim, also returning the prompts' KV cache for scoring other completions on it.
+    Log-probs are taken over the full vocabulary rows, untempered, exactly as the scorer's."""
     start = time.perf_counter()
     tok, model, dev = lm.tokenizer, lm.model, lm.device
     prompts = [fim_ids(tok, p, s) for p, s in requests]
     stops = torch.tensor(stop_ids(tok), device=dev)
+    eos = special_id(tok, "<|endoftext|>")
     pad = tok.pad_token_id if tok.pad_token_id is not None else int(stops[0])
     vocab = len(tok)  # rows past the tokenizer are padding in Qwen checkpoints: never sample them
     width = max(len(p) for p in prompts)
@@ -63,13 +79,15 @@ def generate_fim(
     for row, p in enumerate(prompts):
         ids[row, width - len(p):] = torch.tensor(p, device=dev)
         attn[row, width - len(p):] = 1
+    prompt_attn = attn
 
     out: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
+    end_logprob: list[float | None] = [None] * len(prompts)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    cache, step_ids, passes = None, ids, 0
-    cache_kw = _cache_kwarg(model)
+    cache, step_ids, passes, first = None, ids, 0, None
+    cache_kw = cache_kwarg(model)
     with torch.inference_mode():
         for _ in range(params.max_new_tokens):
             if cancel is not None and cancel():
@@ -77,14 +95,19 @@ def generate_fim(
             res = model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
                         use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             passes += 1
-            cache = getattr(res, "cache", None) or res.past_key_values
-            logits = res.logits[:, -1, :vocab].float()
-            _, nxt = sample_tokens(logits, params.temperature, params.top_p, params.top_k, generator=generator)
-            lp = torch.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+            cache = output_cache(res)
+            full = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+            if first is None:
+                first = full
+            _, nxt = sample_tokens(res.logits[:, -1, :vocab].float(), params.temperature, params.top_p,
+                                   params.top_k, generator=generator)
+            lp = full.gather(-1, nxt[:, None]).squeeze(-1)
             stopped = torch.isin(nxt, stops)
             for row in (~done & ~stopped).nonzero().flatten().tolist():
                 out[row].append(int(nxt[row]))
                 logprobs[row].append(float(lp[row]))
+            for row in (~done & stopped).nonzero().flatten().tolist():
+                end_logprob[row] = float(full[row, eos])  # "the hole ends here", as the scorer asks
             done |= stopped
             if bool(done.all()):
                 break
@@ -93,6 +116,9 @@ def generate_fim(
             attn = torch.cat([attn, (~done).long()[:, None]], dim=1)
             positions = positions[:, -1:] + 1
     seconds = (time.perf_counter() - start) / len(prompts)
-    return [Generation(model="qwen", text=tok.decode(o, skip_special_tokens=True), token_ids=o,
-                       forward_passes=passes, seconds=seconds, logprobs=lp_row)
-            for o, lp_row in zip(out, logprobs)]
+    gens = [Generation(model="qwen", text=tok.decode(o, skip_special_tokens=True), token_ids=o,
+                       forward_passes=passes, seconds=seconds, logprobs=lp_row, end_logprob=end)
+            for o, lp_row, end in zip(out, logprobs, end_logprob)]
+    for layer in cache.layers:  # back to the prompts alone
+        layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
+    return gens, PromptState(cache=cache, attn=prompt_attn, first_logprobs=first)

@@ -39,8 +39,14 @@ class EngineConfig:
     dllm_length: int | None = None  # None: try every length in dllm_lengths
     dllm_lengths: tuple[int, ...] = (8, 16, 32)
     mask_token: str | None = None
+    # diffusion speed options; all off is the exact reference path
+    dllm_threshold: float | None = None  # also reveal every position above this confidence (Fast-dLLM)
+    dllm_cache_refresh: int = 0  # >0: approximate prefix/suffix KV cache, refreshed every N steps
+    dllm_steps_per_token: float | None = None  # cap steps at ceil(hole_length * this)
     # scoring
     score_mode: str = "fim"
+    score_reuse: bool = True  # fim mode: score on Qwen's cached prompt (same math, fewer FLOPs)
+    profile: str = "exact"  # "editor" turns the speed options on, see PROFILES
 
     def validate(self) -> None:
         """Raise ValueError naming the bad key; the server turns it into a message."""
@@ -58,6 +64,10 @@ class EngineConfig:
             ("dllmLength", self.dllm_length is None or self.dllm_length >= 1, ">= 1 or null"),
             ("dllmLengths", bool(self.dllm_lengths) and all(n >= 1 for n in self.dllm_lengths),
              "a non-empty list of lengths >= 1"),
+            ("dllmThreshold", self.dllm_threshold is None or 0 < self.dllm_threshold <= 1, "in (0, 1] or null"),
+            ("dllmCacheRefresh", self.dllm_cache_refresh >= 0, ">= 0"),
+            ("dllmStepsPerToken", self.dllm_steps_per_token is None or self.dllm_steps_per_token > 0, "> 0 or null"),
+            ("profile", self.profile in PROFILES, f"one of {', '.join(PROFILES)}"),
             ("dtype", self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
              "auto, float32, bfloat16 or float16"),
         ]
@@ -69,6 +79,23 @@ class EngineConfig:
         new = dataclasses.replace(self, **changes)
         new.validate()
         return new
+
+
+# A profile fills in the speed options the user left at their exact-path defaults.
+# editor: a 16-token hole takes 8 steps; the prefix/suffix cache is built once per 8 steps (once per
+# hole, as Fast-dLLM refreshes once per block); positions the model is sure of (p > 0.9) are revealed
+# early, so a confident model finishes in fewer passes still.
+PROFILES: dict[str, dict[str, Any]] = {
+    "exact": {},
+    "editor": {"dllm_threshold": 0.9, "dllm_cache_refresh": 8, "dllm_steps_per_token": 0.5},
+}
+
+
+def effective(config: EngineConfig) -> EngineConfig:
+    """The config with its profile's options applied where the user kept the exact default."""
+    exact = EngineConfig()
+    changes = {k: v for k, v in PROFILES[config.profile].items() if getattr(config, k) == getattr(exact, k)}
+    return dataclasses.replace(config, **changes)
 
 
 def camel(name: str) -> str:
@@ -109,6 +136,16 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="comma-separated hole lengths tried when --dllm-length is not given")
     g.add_argument("--mask-token", default=None, help="mask token string when the tokenizer has none")
     g.add_argument("--score-mode", choices=SCORE_MODES, default=d.score_mode)
+    g.add_argument("--no-score-reuse", dest="score_reuse", action="store_false",
+                   help="score with a separate full pass instead of Qwen's cached prompt")
+    g.add_argument("--dllm-threshold", type=float, default=None,
+                   help="also reveal every masked position whose confidence exceeds this (Fast-dLLM)")
+    g.add_argument("--dllm-cache-refresh", type=int, default=d.dllm_cache_refresh,
+                   help="0: exact full pass each step; N: approximate prefix/suffix KV cache, refreshed every N steps")
+    g.add_argument("--dllm-steps-per-token", type=float, default=None,
+                   help="cap diffusion steps at ceil(hole length * this)")
+    g.add_argument("--profile", choices=tuple(PROFILES), default=d.profile,
+                   help="exact: the reference path; editor: the speed options on (see README)")
 
 
 def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:

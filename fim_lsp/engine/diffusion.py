@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
+from .dual_cache import dual_cache_logits
 from .loading import LoadedModel, encode, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
@@ -33,6 +34,12 @@ class DiffusionParams:
     top_k: int | None = None
     alg_temp: float = 0.0  # Gumbel-top-k selection for maskgit_plus / topk_margin / entropy
     eps: float = 1e-3
+    # Fast-dLLM parallel decoding: positions whose confidence exceeds this are revealed (p2: never
+    # re-masked) on top of the schedule. For maskgit_plus/p2 it is a probability, for topk_margin a
+    # margin; origin and entropy ignore it.
+    threshold: float | None = None
+    steps_per_token: float | None = None  # cap steps at ceil(hole length * this)
+    cache_refresh: int = 0  # >0: DualCache logits, refreshed every N steps (see dual_cache.py)
 
 
 @dataclass
@@ -106,7 +113,10 @@ def mdm_sample(
             conf, x0 = sample_tokens(logits, params.temperature, params.top_p, params.top_k, generator=generator)
             # floor(N * (1 - kappa)), kappa = (i+1)/steps, in integers: float32 turns 7 into 6.9999
             k = n_initial * (params.steps - i - 1) // params.steps
-            remask = _select(conf, ~frozen, k, highest=False, alg_temp=0.0, generator=generator)
+            candidates = ~frozen
+            if params.threshold is not None:
+                candidates &= conf <= params.threshold
+            remask = _select(conf, candidates, k, highest=False, alg_temp=0.0, generator=generator)
             x = torch.where(masked & ~remask, x0, x)
             x = x.masked_fill(remask, mask_id)
         elif params.alg in CONFIDENCE:
@@ -115,6 +125,8 @@ def mdm_sample(
             m = masked.sum(-1)
             k = m if last else torch.floor(m.float() * (1 - s / t)).long()
             reveal = _select(conf, masked, k, highest=True, alg_temp=params.alg_temp, generator=generator)
+            if params.threshold is not None and params.alg != "entropy":
+                reveal |= masked & (conf > params.threshold)
             x = torch.where(reveal, x0, x)
         else:
             raise ValueError(f"unknown diffusion algorithm {params.alg!r}")
@@ -166,7 +178,14 @@ def diffusion_infill(
     for b, r in enumerate(rows):
         x[b, : len(r)] = torch.tensor(r, device=dev)
         valid[b, : len(r)] = True
-    result = mdm_sample(x, mask_id, bidirectional_logits(lm, valid, [mask_id]), params, generator, cancel)
+    if params.steps_per_token is not None:
+        longest = max(length for _, _, length in requests)
+        params = replace(params, steps=max(1, min(params.steps, math.ceil(longest * params.steps_per_token))))
+    if params.cache_refresh > 0:
+        logits_fn = dual_cache_logits(lm, valid, x == mask_id, [mask_id], params.cache_refresh)
+    else:
+        logits_fn = bidirectional_logits(lm, valid, [mask_id])
+    result = mdm_sample(x, mask_id, logits_fn, params, generator, cancel)
     seconds = (time.perf_counter() - start) / len(rows)
     out = []
     for b, (lo, hi) in enumerate(spans):

@@ -14,12 +14,13 @@ from typing import Callable
 
 import torch
 
-from .ar_fim import ArParams, generate_fim
-from .config import EngineConfig
+from .ar_fim import ArParams, PromptState, generate_fim_keep_prompt
+from .config import EngineConfig, effective
 from .diffusion import DiffusionParams, diffusion_infill
-from .loading import LoadedModel, ModelLoadError, load_model, mask_token_id, resolve_device, resolve_dtype
+from .loading import LoadedModel, ModelLoadError, encode, load_model, mask_token_id, resolve_device, resolve_dtype
 from .results import CancelCheck, Candidate, Completion, Generation, Score
-from .scorer import ScoreItem, score_batch
+from .scorer import ScoreItem, score_batch, score_from_logprobs, score_on_prompt
+from .stages import run_stages
 
 log = logging.getLogger("fim_lsp.engine")
 MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token")
@@ -104,36 +105,49 @@ class Engine:
     def complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None = None) -> list[Completion]:
         if not self.loaded:
             self.load()
-        cfg = self.config
+        cfg = effective(self.config)
         start = time.perf_counter()
-        gens: list[list[Generation]] = [[] for _ in requests]
-        timings: dict[str, float] = {}
+        reuse = cfg.score_reuse and cfg.score_mode == "fim" and self.ar is not None and self.scorer is self.ar
+        stages: dict[str, Callable[[], object]] = {}
         if self.ar is not None:
-            t = time.perf_counter()
-            params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
-            outs = generate_fim(self.ar, [(r.prefix, r.suffix) for r in requests], params,
-                                self._generator(self.ar, 0), cancel)
-            for g, out in zip(gens, outs):
-                g.append(out)
-            timings["qwen"] = time.perf_counter() - t
+            stages["qwen"] = lambda: self._run_qwen(requests, cfg, cancel)
         if self.dllm is not None:
-            t = time.perf_counter()
-            jobs = [(i, r.prefix, r.suffix, n) for i, r in enumerate(requests)
-                    for n in ((r.dllm_length or cfg.dllm_length,) if (r.dllm_length or cfg.dllm_length)
-                              else sorted(set(cfg.dllm_lengths)))]
-            params = DiffusionParams(cfg.steps, cfg.alg, cfg.temperature, cfg.top_p, cfg.top_k,
-                                     cfg.alg_temp, cfg.eps)
-            outs = diffusion_infill(self.dllm, self.mask_id, [j[1:] for j in jobs], params,
-                                    self._generator(self.dllm, 1), cancel)
-            for (i, *_), out in zip(jobs, outs):
-                gens[i].append(out)
-            timings["dllm"] = time.perf_counter() - t
+            stages["dllm"] = lambda: self._run_dllm(requests, cfg, cancel)
+        results, timings = run_stages(stages, concurrent=self._device().type == "cuda")
+        gens: list[list[Generation]] = [[] for _ in requests]
+        prompt = None
+        if "qwen" in results:
+            qwen, prompt = results["qwen"]
+            for g, out in zip(gens, qwen):
+                g.append(out)
+        for i, out in results.get("dllm", []):
+            gens[i].append(out)
         t = time.perf_counter()
-        scores = self._score(requests, gens)
+        scores = self._score(requests, gens, cfg, prompt if reuse else None)
         timings["score"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         per_request = {k: v / len(requests) for k, v in timings.items()}
         return [self._select(g, s, per_request) for g, s in zip(gens, scores)]
+
+    def _device(self) -> torch.device:
+        return (self.ar or self.dllm).device
+
+    def _run_qwen(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
+        params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
+        return generate_fim_keep_prompt(self.ar, [(r.prefix, r.suffix) for r in requests], params,
+                                        self._generator(self.ar, 0), cancel)
+
+    def _run_dllm(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
+        jobs = []
+        for i, r in enumerate(requests):
+            fixed = r.dllm_length or cfg.dllm_length
+            for n in (fixed,) if fixed else sorted(set(cfg.dllm_lengths)):
+                jobs.append((i, (r.prefix, r.suffix, n)))
+        params = DiffusionParams(cfg.steps, cfg.alg, cfg.temperature, cfg.top_p, cfg.top_k, cfg.alg_temp,
+                                 cfg.eps, cfg.dllm_threshold, cfg.dllm_steps_per_token, cfg.dllm_cache_refresh)
+        outs = diffusion_infill(self.dllm, self.mask_id, [job for _, job in jobs], params,
+                                self._generator(self.dllm, 1), cancel)
+        return [(i, out) for (i, _), out in zip(jobs, outs)]
 
     def _generator(self, lm: LoadedModel, offset: int) -> torch.Generator | None:
         # One generator per model, so a model's output does not depend on whether the other ran.
@@ -141,12 +155,29 @@ class Engine:
             return None
         return torch.Generator(device=lm.device).manual_seed(self.config.seed + offset)
 
-    def _score(self, requests: list[FimRequest], gens: list[list[Generation]]) -> list[list[Score | None]]:
+    def _score(self, requests: list[FimRequest], gens: list[list[Generation]], cfg: EngineConfig,
+               prompt: PromptState | None) -> list[list[Score | None]]:
         if self.scorer is None:
             return [[None] * len(g) for g in gens]
-        flat = [ScoreItem(r.prefix, r.suffix, g.text) for r, gs in zip(requests, gens) for g in gs]
-        scores = iter(score_batch(self.scorer, flat, self.config.score_mode))
-        return [[next(scores) for _ in gs] for gs in gens]
+        if prompt is None:
+            flat = [ScoreItem(r.prefix, r.suffix, g.text) for r, gs in zip(requests, gens) for g in gs]
+            scores = iter(score_batch(self.scorer, flat, cfg.score_mode))
+            return [[next(scores) for _ in gs] for gs in gens]
+        # On Qwen's cached prompt: its own middle is already scored by its generation log-probs
+        # when those tokens are what the scorer would encode; the rest cost a pass over their tokens.
+        out: list[list[Score | None]] = [[None] * len(gs) for gs in gens]
+        todo = []
+        for i, gs in enumerate(gens):
+            for j, g in enumerate(gs):
+                own = (g.model == "qwen" and g.end_logprob is not None
+                       and encode(self.scorer.tokenizer, g.text) == g.token_ids)
+                if own:
+                    out[i][j] = score_from_logprobs([*g.logprobs, g.end_logprob])
+                else:
+                    todo.append((i, j, g.text))
+        for (i, j, _), score in zip(todo, score_on_prompt(self.scorer, prompt, [(i, t) for i, _, t in todo])):
+            out[i][j] = score
+        return out
 
     @staticmethod
     def _select(gens: list[Generation], scores: list[Score | None], timings: dict[str, float]) -> Completion:

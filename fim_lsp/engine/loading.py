@@ -1,6 +1,7 @@
 """Model loading: Hub ids or local dirs, the HF cache, offline mode, readable failures."""
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,15 @@ def load_model(name: str, role: str, device: torch.device, dtype: torch.dtype) -
     model.to(device).eval()
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def cache_kwarg(model: Any) -> str:
+    """transformers renamed the forward's past_key_values to cache during 5.x; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    return getattr(out, "cache", None) or out.past_key_values
 
 
 def mask_token_id(tokenizer: Any, override: str | None = None, model_name: str = "") -> int:

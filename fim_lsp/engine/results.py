@@ -24,6 +24,7 @@ class Generation:
     hole_length: int | None = None  # diffusion only
     # log P(token) under the generator's own untempered distribution (qwen only)
     logprobs: list[float] | None = None
+    end_logprob: float | None = None  # log P(<|endoftext|>) where qwen stopped; None at the length limit
 
 
 @dataclass
