@@ -208,6 +208,19 @@ async def test_debounce_runs_only_the_request_that_survives_the_wait(s: Session)
     assert delta(stats, start, "debounced") == 2 and delta(stats, start, "modelRuns") == 1
 
 
+async def test_inline_and_completion_for_one_context_share_one_model_run(s: Session) -> None:
+    uri = "file:///work/shared.py"
+    s.open(uri, DOC)
+    start = await s.stats()
+    inline, comp = await asyncio.gather(s.inline(uri, LINE, COL), s.client.text_document_completion_async(
+        types.CompletionParams(text_document=types.TextDocumentIdentifier(uri=uri),
+                               position=types.Position(line=LINE, character=COL))))
+    stats = await s.stats()
+    assert delta(stats, start, "modelRuns") == 1 and delta(stats, start, "joined") == 1
+    assert delta(stats, start, "superseded") == 0
+    assert [i.insert_text for i in inline] == [c.text_edit.new_text for c in comp.items]
+
+
 async def test_bad_requests_get_valid_answers_and_the_server_keeps_going(s: Session) -> None:
     start = await s.stats()
     assert await s.inline("file:///nowhere.py", 0, 0) == []

@@ -153,3 +153,19 @@ def test_readme_section_documents_every_key_with_its_default() -> None:
         shown = json.loads(rows[key])
         want = list(default) if isinstance(default, tuple) else default
         assert shown == want, f"{key}: README says {rows[key]}, code says {default!r}"
+
+
+def test_token_budgets_cut_at_line_boundaries(tiny_models) -> None:
+    from transformers import AutoTokenizer
+
+    from fim_lsp.server.context import clip_tokens
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_models / "ar"))
+    text = "".join(f"value_{i} = compute({i})\n" for i in range(200))
+    prefix = clip_tokens(tok, text, 100, keep_end=True)
+    suffix = clip_tokens(tok, text, 100, keep_end=False)
+    assert text.endswith(prefix) and text.startswith(suffix)
+    assert prefix.startswith("value_") and suffix.endswith(")")  # whole lines only
+    for part in (prefix, suffix):
+        assert 50 < len(tok(part, add_special_tokens=False)["input_ids"]) <= 100
+    assert clip_tokens(tok, text, 0, keep_end=True) == text

@@ -93,8 +93,11 @@ def clip_tokens(tokenizer: object, text: str, max_tokens: int, keep_end: bool) -
     The cut lands on a line boundary when one is near, so the model never sees half a line."""
     if max_tokens <= 0 or not text:
         return text
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # type: ignore[operator]
-    offsets = enc["offset_mapping"]
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # type: ignore[operator]
+        offsets = enc["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        return text  # a slow tokenizer has no offsets: the line budget alone applies
     if len(offsets) <= max_tokens:
         return text
     if keep_end:

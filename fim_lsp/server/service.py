@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
 from .context import FimContext, clip_tokens, extract
 from .postprocess import Insert, postprocess
-from .worker import CANCELLED, SUPERSEDED
+from .worker import CANCELLED, SUPERSEDED, Job
 
 if TYPE_CHECKING:
     from .server import FimLanguageServer
@@ -56,6 +56,9 @@ class CompletionService:
     def __init__(self, ls: "FimLanguageServer") -> None:
         self.ls = ls
         self._seq: dict[str, int] = {}
+        # Jobs in flight by context: a second request for the same context (VS Code asks for inline
+        # and regular completions at once) joins the running job instead of superseding it.
+        self._inflight: dict[tuple[str, str], Job] = {}
 
     def _is_latest(self, uri: str, seq: int) -> bool:
         return self._seq.get(uri) == seq
@@ -103,9 +106,11 @@ class CompletionService:
             stats.empty += 1
             return None
 
-        job = ls.worker.submit(lambda cancel: self._run_engine(ctx, cancel), key=uri)
+        job = self._job_for(uri, ctx)
+        job.waiters += 1
         try:
-            completion, prefix, suffix = await job.future
+            # shielded: one waiter's $/cancelRequest must not cancel a job that others still await
+            completion = await asyncio.shield(job.future)
         except Cancelled:
             if job.reason == SUPERSEDED:
                 stats.superseded += 1
@@ -113,15 +118,28 @@ class CompletionService:
                 stats.cancelled += 1
             return None
         except asyncio.CancelledError:
-            # $/cancelRequest: pygls cancelled this handler's task. Stop the model loop and answer
-            # with an empty result now instead of an error.
-            job.cancel(CANCELLED)
+            # $/cancelRequest: pygls cancelled this handler's task. Stop the model loop (unless another
+            # request shares it) and answer with an empty result now instead of an error.
+            job.waiters -= 1
+            if job.waiters == 0:
+                job.cancel(CANCELLED)
             stats.cancelled += 1
             return None
-        ls.cache.put(prefix, suffix, completion)
+        ls.cache.put(ctx.prefix, ctx.suffix, completion)
         return self._offer(uri, line, character, ctx, completion, single, False, started)
 
-    def _run_engine(self, ctx: FimContext, cancel: CancelCheck) -> tuple[Completion, str, str]:
+    def _job_for(self, uri: str, ctx: FimContext) -> Job:
+        key = (ctx.prefix, ctx.suffix)
+        job = self._inflight.get(key)
+        if job is not None and not job.cancelled() and not job.future.done():
+            self.ls.stats.joined += 1
+            return job
+        job = self.ls.worker.submit(lambda cancel: self._run_engine(ctx, cancel), key=uri)
+        self._inflight[key] = job
+        job.future.add_done_callback(lambda _f: self._inflight.pop(key, None) if self._inflight.get(key) is job else None)
+        return job
+
+    def _run_engine(self, ctx: FimContext, cancel: CancelCheck) -> Completion:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
         ls, stats, settings = self.ls, self.ls.stats, self.ls.settings
         lm = ls.engine.ar or ls.engine.dllm
@@ -134,8 +152,7 @@ class CompletionService:
             stats.interrupted_loops += 1
             raise
         stats.completed_loops += 1
-        # Keyed by the window the request saw (before token clipping), which is what a repeat sends.
-        return completion, ctx.prefix, ctx.suffix
+        return completion
 
     def _offer(self, uri: str, line: int, character: int, ctx: FimContext, completion: Completion,
                single: bool, from_cache: bool, started: float) -> Offer | None:
@@ -144,6 +161,9 @@ class CompletionService:
         inserts = distinct_inserts(completion, ctx, single)
         offer = Offer(uri, line, character, ctx, completion, inserts, from_cache, latency)
         ls.last = offer
+        log.debug("%s:%d:%d %s in %.0f ms, winner %s, %d item(s)", uri, line, character,
+                  "cache" if from_cache else "models", latency,
+                  completion.winner.model if completion.winner else "-", len(inserts))
         ls.loader.send_status("ready", "served" + (" from cache" if from_cache else ""), latency)
         if not inserts:
             stats.empty += 1

@@ -25,6 +25,7 @@ class Stats:
     cancelled: int = 0  # $/cancelRequest
     superseded: int = 0  # a newer request on the same document took over
     debounced: int = 0  # superseded while still waiting out the debounce
+    joined: int = 0  # same context as a request already running: shared its model run
     model_runs: int = 0  # engine calls started
     completed_loops: int = 0  # engine calls that ran to the end
     interrupted_loops: int = 0  # engine calls stopped by a cancel check
@@ -39,7 +40,7 @@ class Stats:
         return {
             "requests": self.requests, "served": self.served, "empty": self.empty,
             "cacheHits": self.cache_hits, "typedThrough": self.typed_through,
-            "cancelled": self.cancelled, "superseded": self.superseded, "debounced": self.debounced,
+            "cancelled": self.cancelled, "superseded": self.superseded, "debounced": self.debounced, "joined": self.joined,
             "modelRuns": self.model_runs, "completedLoops": self.completed_loops,
             "interruptedLoops": self.interrupted_loops, "errors": self.errors, "notReady": self.not_ready,
             "latencyMs": {"p50": percentile(lat, 50), "p90": percentile(lat, 90),

@@ -25,6 +25,7 @@ class Job:
         self.future: asyncio.Future[Any] = loop.create_future()
         self.flag = threading.Event()
         self.reason: str | None = None
+        self.waiters = 0  # requests awaiting this job; the last one to give up cancels it
         # asyncio cancels an awaited future when the awaiting task is cancelled ($/cancelRequest):
         # the model loop must hear about that too.
         self.future.add_done_callback(self._on_done)
@@ -86,6 +87,9 @@ class ModelWorker:
             job.cancel(reason)
 
     def stop(self) -> None:
+        """Event loop thread only: stop every running or queued request, then the thread."""
+        for job in list(self._latest.values()):
+            job.cancel(CANCELLED)
         self._queue.put(None)
 
     def _run(self) -> None:
