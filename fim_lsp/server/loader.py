@@ -85,11 +85,11 @@ class ModelLoader:
         except Exception as err:  # noqa: BLE001 - e.g. out of memory, a broken checkpoint
             failure = f"{type(err).__name__}: {err}"
             log.exception("model loading failed")
-        if generation != self._generation:
-            return  # a newer configuration started another load; it reports for itself
-        if token is not None:
+        if token is not None:  # every begun progress ends, or the editor shows a spinner forever
             done = "failed" if failure else "loaded " + ", ".join(self.ls.engine.available)
             self.ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=done))
+        if generation != self._generation:
+            return  # a newer configuration started another load; it reports for itself
         self.ls.cache.clear()  # answers from other models or settings are stale
         for reason in ([failure] if failure else errors):
             self.ls.show_message(f"fim-lsp: {reason}", types.MessageType.Error if failure else types.MessageType.Warning)
