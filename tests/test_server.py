@@ -172,7 +172,9 @@ async def test_cancel_request_frees_the_worker_quickly(s: Session) -> None:
     assert delta(stats, start, "cancelled") == 1 and delta(stats, start, "interruptedLoops") == 1
     assert delta(stats, start, "completedLoops") == 2
     assert freed < estimate / 20 and answered < estimate / 20
-    assert next_request < 3 * uncancelled_30 + 2
+    # the next request runs at once instead of queueing behind the long loop (the machine is noisy,
+    # so compare with what the long loop would have cost, not with the short run's exact time)
+    assert next_request < estimate / 10
 
 
 async def test_burst_of_20_only_the_last_runs_to_the_end(s: Session) -> None:

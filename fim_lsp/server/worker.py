@@ -34,6 +34,8 @@ class Job:
         if future.cancelled():
             self.reason = self.reason or CANCELLED
             self.flag.set()
+        else:
+            future.exception()  # marks it retrieved: a cancelled job may have no one left awaiting it
 
     def cancelled(self) -> bool:
         return self.flag.is_set()
