@@ -14,7 +14,7 @@ from pytest_lsp.client import LanguageClient, make_test_lsp_client
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small loops keep the ordinary tests fast on a 2-core CPU.
-FAST = {"steps": 4, "maxNewTokens": 8, "dllmLengths": [4]}
+FAST = {"profile": "exact", "steps": 4, "maxNewTokens": 8, "dllmLengths": [4]}  # exact: tests count steps
 
 
 def capabilities(inline: bool = True, progress: bool = True,

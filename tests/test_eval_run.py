@@ -123,11 +123,12 @@ def test_offline_without_data_dir_names_the_fix(tmp_path: Path) -> None:
     assert r.returncode != 0 and "--data-dir" in r.stderr
 
 
-def test_editor_preset_is_the_engine_defaults() -> None:
-    from fim_lsp.engine.config import EngineConfig
+def test_editor_preset_is_the_server_defaults() -> None:
+    from fim_lsp.engine.config import config_from_args
+    from fim_lsp.server.main import build_parser as server_parser
 
     preset = tomllib.loads((ROOT / "eval" / "editor.toml").read_text())
-    defaults = dataclasses.asdict(EngineConfig())
+    defaults = dataclasses.asdict(config_from_args(server_parser().parse_args([])))
     for key, value in preset.items():
         if key in defaults and key != "dllm_length":
             want = defaults[key]

@@ -18,7 +18,7 @@ from .ar_fim import ArParams, PromptState, generate_fim_keep_prompt
 from .config import EngineConfig, effective
 from .diffusion import DiffusionParams, diffusion_infill
 from .loading import LoadedModel, ModelLoadError, encode, load_model, mask_token_id, resolve_device, resolve_dtype
-from .results import CancelCheck, Candidate, Completion, Generation, Score
+from .results import CancelCheck, Cancelled, Candidate, Completion, Generation, Score
 from .scorer import ScoreItem, score_batch, score_from_logprobs, score_on_prompt
 from .stages import run_stages
 
@@ -44,12 +44,15 @@ class Engine:
         self.scorer: LoadedModel | None = None
         self.mask_id: int | None = None
         self.loaded = False
+        self._progress: Callable[[str], None] | None = None
 
     # -- loading ---------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, on_progress: Callable[[str], None] | None = None) -> None:
         """Load what `config.models` needs. A model that fails is reported once and skipped; only
-        when no generator loads at all does this raise ModelLoadError."""
+        when no generator loads at all does this raise ModelLoadError. on_progress(message) is
+        called before each model is read."""
         cfg = self.config
+        self._progress = on_progress
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         self.load_errors.clear()
@@ -74,6 +77,8 @@ class Engine:
             raise ModelLoadError("; ".join(self.load_errors.values()) or "no model selected")
 
     def _try_load(self, name: str, role: str, device: torch.device, dtype: torch.dtype) -> LoadedModel | None:
+        if self._progress is not None:
+            self._progress(f"loading the {role} model {name}")
         try:
             return load_model(name, role, device, dtype)
         except ModelLoadError as err:
@@ -92,6 +97,12 @@ class Engine:
         if reload:
             self.loaded = False
         return reload
+
+    @property
+    def tokenizer(self):
+        """The tokenizer context budgets are counted in: Qwen's, else the diffusion model's."""
+        lm = self.ar or self.dllm
+        return lm.tokenizer if lm is not None else None
 
     @property
     def available(self) -> list[str]:
@@ -122,6 +133,8 @@ class Engine:
                 g.append(out)
         for i, out in results.get("dllm", []):
             gens[i].append(out)
+        if cancel is not None and cancel():
+            raise Cancelled()
         t = time.perf_counter()
         scores = self._score(requests, gens, cfg, prompt if reuse else None)
         timings["score"] = time.perf_counter() - t

@@ -69,11 +69,18 @@ class ModelLoader:
                 log.debug("work done progress unavailable", exc_info=True)
                 token = None
 
+        loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:  # runs on the worker thread: hand over to the event loop
+            if token is not None:
+                loop.call_soon_threadsafe(self.ls.work_done_progress.report, token,
+                                          types.WorkDoneProgressReport(message=message))
+
         def work(_cancel: CancelCheck) -> list[str]:
             engine = self.ls.engine
             if new_config is not None and not engine.reconfigure(new_config) and engine.loaded:
                 return []
-            engine.load()
+            engine.load(on_progress=report)
             return list(engine.load_errors.values())
 
         failure: str | None = None

@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for the log file (see --log-file) and window/logMessage")
     parser.add_argument("--log-file", action="store_true", help="print the log file's path and exit")
     add_engine_args(parser)
+    # Typing needs the fast path; the eval and the one-shot CLI keep the exact reference path.
+    parser.set_defaults(profile="editor")
     return parser
 
 

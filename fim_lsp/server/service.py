@@ -142,9 +142,9 @@ class CompletionService:
     def _run_engine(self, ctx: FimContext, cancel: CancelCheck) -> Completion:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
         ls, stats, settings = self.ls, self.ls.stats, self.ls.settings
-        lm = ls.engine.ar or ls.engine.dllm
-        prefix = clip_tokens(lm.tokenizer, ctx.prefix, settings.max_prefix_tokens, keep_end=True) if lm else ctx.prefix
-        suffix = clip_tokens(lm.tokenizer, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if lm else ctx.suffix
+        tok = ls.engine.tokenizer
+        prefix = clip_tokens(tok, ctx.prefix, settings.max_prefix_tokens, keep_end=True) if tok else ctx.prefix
+        suffix = clip_tokens(tok, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if tok else ctx.suffix
         stats.model_runs += 1
         try:
             completion = ls.engine.complete(prefix, suffix, cancel=cancel)
