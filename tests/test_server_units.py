@@ -146,7 +146,7 @@ def test_readme_section_documents_every_key_with_its_default() -> None:
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "fim_lsp" / "server" / "README-section.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", text, flags=re.M))
     for key, default in all_defaults().items():
         assert key in rows, f"{key} is not documented"

@@ -108,8 +108,12 @@ def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig) -> Se
 
 
 def all_defaults() -> dict[str, Any]:
-    """Every key with its default, camelCase, as the README documents them."""
-    out = {camel(f.name): getattr(EngineConfig(), f.name) for f in dataclasses.fields(EngineConfig)}
+    """Every key with its default for the server (its CLI defaults), camelCase, as the README documents them."""
+    from ..engine.config import config_from_args
+    from .main import build_parser
+
+    engine = config_from_args(build_parser().parse_args([]))
+    out = {camel(f.name): getattr(engine, f.name) for f in dataclasses.fields(EngineConfig)}
     out.update({camel(f.name): getattr(ServerSettings(), f.name) for f in dataclasses.fields(ServerSettings)})
     return out
 
