@@ -21,7 +21,12 @@ export const SERVER_DEFAULTS = {
   dllmLength: null as number | null,
   dllmLengths: [8, 16, 32] as number[],
   maskToken: null as string | null,
+  dllmThreshold: null as number | null,
+  dllmCacheRefresh: 0,
+  dllmStepsPerToken: null as number | null,
   scoreMode: "fim",
+  scoreReuse: true,
+  profile: "editor",
   enabled: true,
   prefixLines: 64,
   suffixLines: 16,
@@ -42,12 +47,22 @@ const ENUMS: Partial<Record<ServerKey, readonly string[]>> = {
   models: ["both", "qwen", "dllm"],
   alg: ["origin", "maskgit_plus", "topk_margin", "entropy", "p2"],
   scoreMode: ["fim", "plain"],
+  profile: ["exact", "editor"],
   logLevel: ["debug", "info", "warning", "error"],
   multiline: ["auto", "always", "never"],
 };
 
 /** Keys where an empty string or 0 in the settings UI means "let the server decide". */
-const NULLABLE = new Set<ServerKey>(["scorerModel", "topK", "dllmLength", "maskToken"]);
+const NULLABLE = new Set<ServerKey>([
+  "scorerModel",
+  "topK",
+  "dllmLength",
+  "maskToken",
+  "dllmThreshold",
+  "dllmStepsPerToken",
+]);
+
+const isNumber = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v);
 
 /** Reads one key of the `fimLsp` settings section (VS Code's `WorkspaceConfiguration.get`). */
 export type SettingsReader = (key: string) => unknown;
@@ -77,14 +92,23 @@ function normalize(key: ServerKey, value: unknown): unknown {
     if (key === "topK" || key === "dllmLength") {
       return Number.isInteger(value) && (value as number) > 0 ? value : null;
     }
+    if (key === "dllmThreshold") {
+      return isNumber(value) && value > 0 && value <= 1 ? value : null;
+    }
+    if (key === "dllmStepsPerToken") {
+      return isNumber(value) && value > 0 ? value : null;
+    }
     return typeof value === "string" ? value : null;
   }
   if (Array.isArray(def)) {
     const ok = Array.isArray(value) && value.length > 0 && value.every((v) => Number.isInteger(v) && v > 0);
     return ok ? [...(value as number[])] : [...def];
   }
+  if (key === "dllmCacheRefresh") {
+    return Number.isInteger(value) && (value as number) >= 0 ? value : def;
+  }
   if (typeof def === "number") {
-    return typeof value === "number" && Number.isFinite(value) ? value : def;
+    return isNumber(value) ? value : def;
   }
   if (typeof def === "boolean") {
     return typeof value === "boolean" ? value : def;

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -20,7 +21,7 @@ describe("toServerSettings", () => {
   it("sends every server key with its default when nothing is set", () => {
     const s = toServerSettings(reader({}));
     assert.deepEqual(s, SERVER_DEFAULTS);
-    assert.equal(SERVER_KEYS.length, 29);
+    assert.equal(SERVER_KEYS.length, 34);
   });
 
   it("passes user values through and leaves client-only keys out", () => {
@@ -60,6 +61,20 @@ describe("toServerSettings", () => {
     assert.equal(s.maskToken, null);
     const t = toServerSettings(reader({ scorerModel: "/m/s", topK: 20, dllmLength: 16, maskToken: "<M>" }));
     assert.deepEqual([t.scorerModel, t.topK, t.dllmLength, t.maskToken], ["/m/s", 20, 16, "<M>"]);
+  });
+
+  it("maps the speed options: null/0 to null, out-of-range values to the default", () => {
+    const s = toServerSettings(reader({ dllmThreshold: 0, dllmStepsPerToken: "", dllmCacheRefresh: -1, profile: "fast" }));
+    assert.deepEqual([s.dllmThreshold, s.dllmStepsPerToken, s.dllmCacheRefresh, s.profile], [null, null, 0, "editor"]);
+    const t = toServerSettings(reader({ dllmThreshold: 1.5, dllmStepsPerToken: -2, dllmCacheRefresh: 2.5, scoreReuse: "no" }));
+    assert.deepEqual([t.dllmThreshold, t.dllmStepsPerToken, t.dllmCacheRefresh, t.scoreReuse], [null, null, 0, true]);
+    const u = toServerSettings(
+      reader({ dllmThreshold: 0.9, dllmStepsPerToken: 0.5, dllmCacheRefresh: 8, scoreReuse: false, profile: "exact" }),
+    );
+    assert.deepEqual(
+      [u.dllmThreshold, u.dllmStepsPerToken, u.dllmCacheRefresh, u.scoreReuse, u.profile],
+      [0.9, 0.5, 8, false, "exact"],
+    );
   });
 
   it("falls back to defaults for values of the wrong type or outside an enum", () => {
@@ -138,5 +153,35 @@ describe("package.json", () => {
     // Client commands must not clash with the server's own executeCommand ids.
     const ids = (pkg.contributes.commands as { command: string }[]).map((c) => c.command);
     assert.ok(ids.every((id) => !id.startsWith("fimLsp.")));
+  });
+});
+
+// The server is the source of truth: package.json must declare exactly its keys, with its defaults.
+// Run from the repository root (out/test/ -> editors/vscode/ -> editors/ -> root) so this checkout's
+// fim_lsp is the one compared. Skipped when no Python can import it (set FIM_LSP_PYTHON to pick the
+// interpreter).
+const python = process.env.FIM_LSP_PYTHON ?? "python3";
+const dump = spawnSync(
+  python,
+  ["-c", "import json; from fim_lsp.server.settings import all_defaults; print(json.dumps(all_defaults()))"],
+  { encoding: "utf8", cwd: join(__dirname, "..", "..", "..", "..") },
+);
+const noServer = dump.status !== 0 ? `no Python with fim_lsp.server.settings (${python})` : false;
+
+describe("package.json against the server's all_defaults()", { skip: noServer }, () => {
+  it("declares exactly the server's keys with equal defaults", () => {
+    const server = JSON.parse(dump.stdout) as Record<string, unknown>;
+    const pkg = JSON.parse(readFileSync(join(__dirname, "..", "..", "package.json"), "utf8"));
+    const props = pkg.contributes.configuration.properties as Record<string, { default: unknown }>;
+    const clientOnly = (k: string) => k.startsWith("server.") || k.startsWith("trace.") || k === "languages";
+    const declared = Object.keys(props)
+      .map((k) => k.replace(/^fimLsp\./, ""))
+      .filter((k) => !clientOnly(k));
+    assert.deepEqual([...declared].sort(), Object.keys(server).sort());
+    for (const [key, value] of Object.entries(server)) {
+      assert.deepEqual(props[`fimLsp.${key}`].default, value, key);
+    }
+    assert.deepEqual([...SERVER_KEYS].sort(), Object.keys(server).sort());
+    assert.deepEqual(toServerSettings(reader({})), server);
   });
 });
