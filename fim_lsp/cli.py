@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .engine.config import add_engine_args, config_from_args
-from .engine.ensemble import Engine
+from .engine.ensemble import Engine, OutOfMemory
 from .engine.loading import ModelLoadError
 from .engine.results import Completion
 
@@ -61,7 +61,7 @@ def complete_main(argv: list[str]) -> int:
         engine = Engine(config_from_args(args))
         engine.load()
         result = engine.complete(prefix, suffix)
-    except (ModelLoadError, ValueError, OSError) as err:
+    except (ModelLoadError, OutOfMemory, ValueError, OSError) as err:
         print(f"fim-lsp: error: {err}", file=sys.stderr)
         return 2
     result.notes.extend(engine.load_errors.values())

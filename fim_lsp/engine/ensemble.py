@@ -26,6 +26,10 @@ log = logging.getLogger("fim_lsp.engine")
 MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token")
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the fixes."""
+
+
 @dataclass
 class FimRequest:
     prefix: str
@@ -116,6 +120,17 @@ class Engine:
     def complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None = None) -> list[Completion]:
         if not self.loaded:
             self.load()
+        try:
+            return self._complete_batch(requests, cancel)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # so the next, smaller request can run
+            raise OutOfMemory(
+                f"out of memory on {self._device()} completing {len(requests)} request(s). Fix: lower "
+                f"maxPrefixTokens / maxSuffixTokens or dllmLengths, use dtype bfloat16, run one model "
+                f"(models qwen|dllm), or device cpu") from None
+
+    def _complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None) -> list[Completion]:
         cfg = effective(self.config)
         start = time.perf_counter()
         reuse = cfg.score_reuse and cfg.score_mode == "fim" and self.ar is not None and self.scorer is self.ar

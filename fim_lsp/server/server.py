@@ -44,6 +44,7 @@ class FimLanguageServer(LanguageServer):
         self.loader = ModelLoader(self)
         self.log_handler: LspLogHandler = setup_logging(log_level, self)
         self._worker: ModelWorker | None = None
+        self._reported: set[str] = set()
 
     @property
     def worker(self) -> ModelWorker:
@@ -58,6 +59,12 @@ class FimLanguageServer(LanguageServer):
             self.window_show_message(types.ShowMessageParams(type=kind, message=message))
         except Exception:  # noqa: BLE001
             log.debug("could not show a message", exc_info=True)
+
+    def report_once(self, message: str) -> None:
+        """A failure the user must hear about, once per distinct message (the log has every one)."""
+        if message not in self._reported:
+            self._reported.add(message)
+            self.show_message(message, types.MessageType.Error)
 
     def apply_settings(self, raw: Any, source: str) -> EngineConfig | None:
         """Take new settings; returns the new engine config when it differs from the current one."""
@@ -90,9 +97,10 @@ def guarded(default: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]],
                 return await fn(ls, *args)
             except asyncio.CancelledError:
                 return default()
-            except Exception:  # noqa: BLE001 - one bad request must not break the session
+            except Exception as err:  # noqa: BLE001 - one bad request must not break the session
                 ls.stats.errors += 1
                 log.exception("%s failed", fn.__name__)
+                ls.report_once(f"fim-lsp: {fn.__name__} failed: {err}")  # never fail silently
                 return default()
         return inner
     return wrap
