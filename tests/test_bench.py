@@ -126,3 +126,20 @@ def test_shapes_and_small_checkpoint_reuse(tmp_path: Path) -> None:
     stamp = (ck.ar / "config.json").stat().st_mtime_ns
     write_random(tmp_path, "small", None)  # same shape and tokenizer: reused, not rewritten
     assert (ck.ar / "config.json").stat().st_mtime_ns == stamp
+
+
+def test_variants_are_the_editor_profile_options() -> None:
+    from fim_lsp.engine.config import EngineConfig
+    from fim_lsp.bench.variants import build_variants
+
+    variants, _ = build_variants(EngineConfig())
+    by_name = {v.name: v for v in variants}
+    exact, editor = by_name["exact"].config, by_name["editor"].config
+    assert exact.score_reuse is False  # the seed's separate scoring pass
+    for v in variants:
+        if v.kind == "option":  # exactly one field off the exact path, at the editor's value
+            assert getattr(v.config, v.name) == getattr(editor, v.name) != getattr(exact, v.name)
+    subset, notes = build_variants(EngineConfig(), ["editor"])
+    assert [v.name for v in subset] == ["qwen-alone", "editor"] and notes
+    with pytest.raises(ValueError, match="unknown variant"):
+        build_variants(EngineConfig(), ["nope"])

@@ -6,7 +6,6 @@ editor profile and each speed option alone, with every ratio taken within the sa
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 import tempfile
@@ -40,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefix-share", type=float, default=0.75, help="share of the context before the hole")
     p.add_argument("--samples", type=int, default=1, help="contexts (HumanEval problems) per length")
     p.add_argument("--repeats", type=int, default=1, help="completions per context and variant")
-    p.add_argument("--variants", help="comma-separated subset to run (exact and qwen-alone always run)")
+    p.add_argument("--variants", help="comma-separated subset to run (qwen-alone always runs); default: all")
     e = p.add_argument_group("engine settings shared by every variant")
     e.add_argument("--temperature", type=float, default=0.0, help="0: greedy, so outputs can be compared")
     e.add_argument("--steps", type=int, default=64)
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     base = EngineConfig(ar_model=ar, dllm_model=dllm, device=args.device, dtype=args.dtype,
                         temperature=args.temperature, steps=args.steps, alg=args.alg, seed=0)
     variants, notes = build_variants(base, args.variants.split(",") if args.variants else None)
-    # The editor profile first after Qwen alone: the must-show figures survive a run cut short.
+    # The editor profile right after Qwen alone: in a run cut short, its figures are in the JSON first.
     order = {"qwen-alone": 0, "editor": 1, "exact": 2, "option": 3}
     variants.sort(key=lambda v: order.get(v.name, order.get(v.kind, 3)))
     meta: dict[str, Any] = {"command": "python -m fim_lsp.bench " + " ".join(sys.argv[1:]), "args": {
@@ -115,34 +114,39 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             args.json.write_text(to_json(meta, variants, samples, groups))
         return groups
 
-    engine = None
+    # Variants take turns on each context (round-robin) rather than running one after another: on a
+    # shared machine the background load drifts, and turns spread that drift over every variant alike.
+    engines: dict[str, Any] = {}
     for v in variants:
-        want_models = v.config.models
-        if engine is None or engine.config.models != want_models:
-            engine = None
-            gc.collect()
+        if v.config.models not in engines:
             t = time.perf_counter()
-            engine = Engine(v.config)
-            engine.load()
-            print(f"loaded models={want_models} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        for hole in args.hole_tokens:
-            cfg = v.config
-            if "max_new_tokens" not in v.changes:
-                cfg = cfg.replace(max_new_tokens=args.max_new_tokens or hole)
-            if engine.reconfigure(cfg):
+            engines[v.config.models] = Engine(v.config)
+            engines[v.config.models].load()
+            print(f"loaded models={v.config.models} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    for hole in args.hole_tokens:
+        configs = {v.name: v.config if "max_new_tokens" in v.changes
+                   else v.config.replace(max_new_tokens=args.max_new_tokens or hole) for v in variants}
+
+        def use(v: Any) -> Any:
+            engine = engines[v.config.models]
+            if engine.reconfigure(configs[v.name]):
                 engine.load()
+            return engine
+
+        for v in variants:
             # One untimed one-token completion per configuration: the first call pays for lazy setup.
-            engine.complete_batch([FimRequest("def f():\n    return ", "\n", dllm_length=1)])
-            for n, cs in contexts.items():
-                for ci, c in enumerate(cs):
-                    for r in range(args.repeats):
-                        s = measure(engine, FimRequest(c.prefix, c.suffix, dllm_length=hole), v.name, ci, r,
+            use(v).complete_batch([FimRequest("def f():\n    return ", "\n", dllm_length=1)])
+        for n, cs in contexts.items():
+            for ci, c in enumerate(cs):
+                for r in range(args.repeats):
+                    for v in variants:
+                        s = measure(use(v), FimRequest(c.prefix, c.suffix, dllm_length=hole), v.name, ci, r,
                                     n, hole)
                         samples.append(s)
                         print(f"{v.name} ctx={n} hole={hole} #{ci}.{r}: total {s.total_seconds:.2f} s "
                               + " ".join(f"{k} {st.seconds:.2f} s/{st.forward_passes} fp"
                                          for k, st in s.stages.items()), file=sys.stderr)
-        report(final=False)
+                    report(final=False)
     for g in report(final=True):
         print_group(g)
     if args.json:

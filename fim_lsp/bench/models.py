@@ -52,7 +52,7 @@ def _tokenizers(data_dir: Path | None) -> tuple[Any, Any, str]:
         ar_dir, dllm_dir = data_dir / "tokenizers" / AR_TOKENIZER, data_dir / "tokenizers" / DLLM_TOKENIZER
         if (ar_dir / "tokenizer.json").is_file() and (dllm_dir / "tokenizer.json").is_file():
             return (AutoTokenizer.from_pretrained(str(ar_dir)), AutoTokenizer.from_pretrained(str(dllm_dir)),
-                    f"qwen2.5 ({data_dir / 'tokenizers'})")
+                    f"qwen2.5 ({AR_TOKENIZER}, {DLLM_TOKENIZER} from the data dir)")
     from fim_lsp.tiny import build_tokenizer
 
     return build_tokenizer(with_mask=False), build_tokenizer(with_mask=True), "tiny BPE (fim_lsp.tiny)"

@@ -149,7 +149,7 @@ def group_report(context_tokens: int, hole_tokens: int, by_variant: dict[str, li
                                                          _stage(exact, stage, "forward_passes"))
                 r[f"{stage}_positions_over_exact"] = _ratio(_stage(s, stage, "positions"),
                                                             _stage(exact, stage, "positions"))
-            rep.agreement[name] = agreement(by_variant["exact"], by_variant[name])
+            rep.agreement[name] = agreement(by_variant.get("exact", []), by_variant[name])
         rep.ratios[name] = r
     editor = sums.get("editor")
     if editor is not None:

@@ -61,8 +61,8 @@ def option_changes(exact: EngineConfig, editor: EngineConfig) -> dict[str, Any]:
 
 
 def build_variants(base: EngineConfig, only: list[str] | None = None) -> tuple[list[Variant], list[str]]:
-    """(variants in run order, notes). `only` keeps the named ones (the exact path and Qwen alone are
-    always kept: every ratio is over them)."""
+    """(variants in run order, notes). `only` keeps the named ones and Qwen alone (the ensemble ratio is
+    over it); without "exact" in it, the ratios over the exact path and the agreement are not measured."""
     notes: list[str] = []
     exact = exact_config(base)
     out = [Variant("qwen-alone", "qwen-alone", exact.replace(models="qwen"), {"models": "qwen"}),
@@ -80,5 +80,7 @@ def build_variants(base: EngineConfig, only: list[str] | None = None) -> tuple[l
         if unknown:
             raise ValueError(f"unknown variant(s) {', '.join(sorted(unknown))}; "
                              f"choose from {', '.join(v.name for v in out)}")
-        out = [v for v in out if v.name in only or v.kind in ("exact", "qwen-alone")]
+        out = [v for v in out if v.name in only or v.kind == "qwen-alone"]
+        if "exact" not in only:
+            notes.append("the exact path is not in --variants: no ratios over it, no agreement")
     return out, notes
