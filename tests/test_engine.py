@@ -225,3 +225,21 @@ def test_cli_on_a_checkpoint_the_project_did_not_make(shared_data, tmp_path):
     out = json.loads(res.stdout)
     assert [c["model"] for c in out["candidates"]] == ["qwen", "dllm"]
     assert out["candidates"][1]["hole_length"] == 3
+
+
+def test_cached_hub_model_loads_with_no_network(tiny_models, tmp_path):
+    """A Hub id already in the HF cache loads without asking the Hub: no retries against a dead
+    link, even with offline mode off (this machine has no route to the Hub)."""
+    import shutil
+
+    snap = tmp_path / "hub" / "models--fim-lsp-test--tiny-ar" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_models / "ar", snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    (tmp_path / "p.txt").write_text(PREFIX)
+    res = run_cli("--prefix-file", str(tmp_path / "p.txt"), "--models", "qwen", "--ar-model",
+                  "fim-lsp-test/tiny-ar", "--device", "cpu", "--max-new-tokens", "3", "--json",
+                  env_extra={"HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert res.returncode == 0, res.stderr
+    assert "requesting" not in res.stderr and "Retrying" not in res.stderr
+    assert json.loads(res.stdout)["candidates"][0]["model"] == "qwen"
