@@ -44,7 +44,10 @@ class Sample:
     hole_tokens: int
     stages: dict[str, StageSample]
     total_seconds: float
-    total_peak_mb: float | None
+    total_peak_mb: float | None  # peak above the pre-call baseline
+    # the process's absolute peak during the call (CPU: RSS high-water mark, so the loaded weights of
+    # every engine in the process count; CUDA: torch's max_memory_allocated)
+    abs_peak_mb: float | None
     reported_passes: dict[str, int]  # the engine's own Candidate.forward_passes, for cross-checking
     texts: dict[str, str] = field(default_factory=dict)  # model -> candidate text, plus "winner"
     # model -> candidate text re-encoded by that model's tokenizer (Candidate keeps no ids); the
@@ -215,6 +218,6 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
                  if tokenizers.get(c.model) is not None}
     return Sample(variant=variant, context=context, repeat=repeat, context_tokens=context_tokens,
                   hole_tokens=hole_tokens, stages=stages, total_seconds=comp.timings.get("total", end - start),
-                  total_peak_mb=_mb(total_peak, base),
+                  total_peak_mb=_mb(total_peak, base), abs_peak_mb=_mb(total_peak, 0),
                   reported_passes={c.model: c.forward_passes for c in comp.candidates},
                   texts=texts, token_ids=token_ids, winner=comp.winner.model if comp.winner else None)

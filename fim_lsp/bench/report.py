@@ -60,7 +60,7 @@ def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
     w = out.write
     w(f"\n== context {rep.context_tokens} tokens, hole {rep.hole_tokens} tokens, "
       f"{first.n if first else 0} completions per variant ==\n")
-    w(f"{'variant':<22}{'stage':<7}{'p50 s':>9}{'p90 s':>9}{'passes':>8}{'positions':>11}{'tokens':>8}{'peak MB':>9}\n")
+    w(f"{'variant':<22}{'stage':<7}{'p50 s':>9}{'p90 s':>9}{'passes':>8}{'positions':>11}{'tokens':>8}{'peak MB':>9}{'abs MB':>8}\n")
     for name, s in rep.summaries.items():
         for stage in STAGES:
             st = s.stages.get(stage)
@@ -69,7 +69,7 @@ def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
             w(f"{name:<22}{stage:<7}{_f(st.p50_s):>9}{_f(st.p90_s):>9}{_f(st.forward_passes, 1):>8}"
               f"{_f(st.positions, 0):>11}{_f(st.tokens, 1):>8}{_f(st.peak_mb, 0):>9}\n")
         w(f"{name:<22}{'total':<7}{_f(s.total_p50_s):>9}{_f(s.total_p90_s):>9}{'':>8}{'':>11}{'':>8}"
-          f"{_f(s.total_peak_mb, 0):>9}\n")
+          f"{_f(s.total_peak_mb, 0):>9}{_f(s.abs_peak_mb, 0):>8}\n")
     w(f"\nratios, measured in this run (Qwen alone = its generation, p50 {_f(rep.ratios.get('qwen_alone_p50_s'))} s)\n")
     w(f"{'variant':<22}{'/qwen':>7}{'score%':>8}{'/exact':>8}{'dllm t':>8}{'dllm fp':>8}{'score t':>8}"
       f"{'score fp':>9}{'tok agree':>10}{'dllm same':>10}{'win same':>9}\n")
@@ -83,6 +83,8 @@ def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
           f"{_f(r.get('dllm_passes_over_exact'), 2):>8}{_f(r.get('score_time_over_exact'), 2):>8}"
           f"{_f(r.get('score_passes_over_exact'), 2):>9}{_f(a.get('dllm_token_share'), 2):>10}"
           f"{_f(a.get('dllm_exact_share'), 2):>10}{_f(a.get('winner_exact_share'), 2):>9}\n")
+    w("  peak MB: memory above the pre-call level, highest in the stage; abs MB: the process's peak (CPU: RSS, "
+      "all loaded weights included)\n")
     w("  /qwen: total p50 over Qwen alone; score%: scoring time over total; /exact, dllm t, score t: p50 time "
       "over the exact path's;\n  fp: mean forward passes over the exact path's; tok agree: diffusion output "
       "tokens equal to the exact path's; dllm/win same: identical candidate / winner\n")

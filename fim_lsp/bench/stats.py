@@ -47,6 +47,7 @@ class VariantSummary:
     total_p50_s: float | None
     total_p90_s: float | None
     total_peak_mb: float | None
+    abs_peak_mb: float | None
     engine_passes: dict[str, float]  # mean of the engine's own Candidate.forward_passes
 
 
@@ -68,6 +69,7 @@ def summarize(samples: list[Sample]) -> VariantSummary:
         variant=samples[0].variant if samples else "", n=len(samples), stages=stages,
         total_p50_s=percentile(totals, 0.5), total_p90_s=percentile(totals, 0.9),
         total_peak_mb=max(peaks) if peaks else None,
+        abs_peak_mb=max((s.abs_peak_mb for s in samples if s.abs_peak_mb is not None), default=None),
         engine_passes={m: _mean([s.reported_passes[m] for s in samples if m in s.reported_passes]) for m in models})
 
 
