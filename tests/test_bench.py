@@ -93,6 +93,18 @@ def test_ratios_follow_from_measured_numbers(bench_json: tuple[dict, str]) -> No
         assert _close(a["dllm_token_share"], same / total if total else 1.0)
 
 
+def test_contexts_one_problem_each_at_the_asked_length(shared_data: Path) -> None:
+    from fim_lsp.bench.contexts import make_contexts, read_problems
+    from fim_lsp.tiny import build_tokenizer
+
+    problems = read_problems(shared_data)
+    assert len(problems) == 164  # HumanEval has 164 problems; the single-line file many holes each
+    cs = make_contexts(problems, build_tokenizer(), 200, 3)
+    assert len({c.task_id.rsplit("/L", 1)[0] for c in cs}) == 3
+    for c in cs:  # a cut can re-tokenize a token or two differently at its edge
+        assert abs(c.prefix_tokens - 150) <= 2 and abs(c.suffix_tokens - 50) <= 2
+
+
 def test_percentile_and_agreement_units() -> None:
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert _close(percentile([1.0, 2.0, 3.0, 4.0], 0.9), 3.7)

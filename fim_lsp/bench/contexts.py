@@ -38,13 +38,15 @@ def read_problems(data_dir: Path) -> list[dict[str, Any]]:
                                 f"shared/data (human-eval-infilling/*.jsonl.gz)")
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    # One hole per problem: the single-line file has several per task; keep the first, so that
-    # samples spread over different functions rather than over lines of one.
+    # One hole per problem: the single-line file has one row per line of each solution
+    # ("SingleLineInfilling/HumanEval/0/L3"); keep each problem's first, so that samples spread over
+    # different functions rather than over the lines of one.
     seen: set[str] = set()
     out = []
     for row in rows:
-        if row["task_id"] not in seen:
-            seen.add(row["task_id"])
+        problem = row["task_id"].rsplit("/L", 1)[0]
+        if problem not in seen:
+            seen.add(problem)
             out.append(row)
     return out
 
