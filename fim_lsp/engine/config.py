@@ -82,12 +82,13 @@ class EngineConfig:
 
 
 # A profile fills in the speed options the user left at their exact-path defaults.
-# editor: a 16-token hole takes 8 steps; the prefix/suffix cache is built once per 8 steps (once per
-# hole, as Fast-dLLM refreshes once per block); positions the model is sure of (p > 0.9) are revealed
-# early, so a confident model finishes in fewer passes still.
+# editor: a 16-token hole takes 4 steps (4 tokens a step); the prefix/suffix cache is built once per 8
+# steps (once per hole, as Fast-dLLM refreshes once per block); positions the model is sure of (p > 0.9)
+# are revealed early, so a confident model finishes in fewer passes still. Measured on CPU at real shape,
+# 8 steps put the ensemble at 2.2x Qwen alone, 4 steps at 2.0x (eval/BENCHMARKS.md).
 PROFILES: dict[str, dict[str, Any]] = {
     "exact": {},
-    "editor": {"dllm_threshold": 0.9, "dllm_cache_refresh": 8, "dllm_steps_per_token": 0.5},
+    "editor": {"dllm_threshold": 0.9, "dllm_cache_refresh": 8, "dllm_steps_per_token": 0.25},
 }
 
 
