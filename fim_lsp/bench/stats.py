@@ -4,21 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..percentile import percentile
 from .measure import STAGES, Sample
 
 # Issue 6's targets, meant for random real-shape weights on CPU at a 256-token context and a 16-token hole.
 TARGETS = {"editor_dllm_passes": 12.0, "editor_over_qwen": 2.0, "editor_score_share": 0.10}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def _mean(values: list[float]) -> float | None:

@@ -6,13 +6,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+from ..percentile import percentile
 
 
 @dataclass
@@ -43,7 +37,7 @@ class Stats:
             "cancelled": self.cancelled, "superseded": self.superseded, "debounced": self.debounced, "joined": self.joined,
             "modelRuns": self.model_runs, "completedLoops": self.completed_loops,
             "interruptedLoops": self.interrupted_loops, "errors": self.errors, "notReady": self.not_ready,
-            "latencyMs": {"p50": percentile(lat, 50), "p90": percentile(lat, 90),
-                          "p99": percentile(lat, 99), "count": len(lat)},
+            "latencyMs": {"p50": percentile(lat, 0.5), "p90": percentile(lat, 0.9),
+                          "p99": percentile(lat, 0.99), "count": len(lat)},
             "wins": dict(self.wins), "acceptances": dict(self.acceptances),
         }

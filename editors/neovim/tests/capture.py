@@ -131,28 +131,21 @@ def xterm256(n: int) -> tuple[int, int, int]:
     return v, v, v
 
 
+# SGR codes that switch one text attribute on or off.
+ATTRS = {1: ("bold", True), 3: ("italic", True), 4: ("underline", True), 7: ("reverse", True),
+         22: ("bold", False), 23: ("italic", False), 24: ("underline", False), 27: ("reverse", False),
+         39: ("fg", None), 49: ("bg", None)}
+
+
 def parse_sgr(params: list[int], st: dict) -> None:
     i = 0
     while i < len(params):
         p = params[i]
         if p == 0:
             st.update(fg=None, bg=None, bold=False, italic=False, reverse=False, underline=False)
-        elif p == 1:
-            st["bold"] = True
-        elif p == 3:
-            st["italic"] = True
-        elif p == 4:
-            st["underline"] = True
-        elif p == 7:
-            st["reverse"] = True
-        elif p == 22:
-            st["bold"] = False
-        elif p == 23:
-            st["italic"] = False
-        elif p == 24:
-            st["underline"] = False
-        elif p == 27:
-            st["reverse"] = False
+        elif p in ATTRS:
+            key, value = ATTRS[p]
+            st[key] = value
         elif p in (38, 48) and i + 1 < len(params):
             key = "fg" if p == 38 else "bg"
             if params[i + 1] == 2 and i + 4 < len(params):
@@ -161,10 +154,6 @@ def parse_sgr(params: list[int], st: dict) -> None:
             elif params[i + 1] == 5 and i + 2 < len(params):
                 st[key] = xterm256(params[i + 2])
                 i += 2
-        elif p == 39:
-            st["fg"] = None
-        elif p == 49:
-            st["bg"] = None
         elif 30 <= p <= 37 or 90 <= p <= 97:
             st["fg"] = BASE16[p - 30 if p < 90 else p - 90 + 8]
         elif 40 <= p <= 47 or 100 <= p <= 107:
