@@ -10,9 +10,6 @@ from fim_lsp.server.context import UTF32, extract, split_lines
 from fim_lsp.server.main import build_parser
 from fim_lsp.server.settings import ServerSettings
 
-MULTILINE_CHOICES = ("auto", "always", "never")
-
-
 def server_config(ar_model: str, dllm_model: str, device: str, dtype: str,
                   overrides: dict[str, Any] | None = None) -> EngineConfig:
     """The engine configuration `fim-lsp` starts with when given only these models, device and dtype;
