@@ -126,6 +126,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     order = {"server-qwen-alone": 0, "server": 1, "qwen-alone": 2, "editor": 3, "exact": 4, "option": 5}
     variants.sort(key=lambda v: order.get(v.name, order.get(v.kind, 5)))
     server_kinds = ("server", "server-qwen-alone")
+    has_server = any(v.kind == "server" for v in variants)
     meta: dict[str, Any] = {"command": "python -m fim_lsp.bench " + " ".join(sys.argv[1:]), "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **model_meta,
         "machine_at_start": machine(), "notes": notes, "complete": False, "load_seconds": {},
@@ -142,15 +143,16 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                 by_variant = {v.name: [s for s in samples if s.variant == v.name and s.context_tokens == n
                                        and s.hole_tokens == hole] for v in variants}
                 groups.append(group_report(n, hole, by_variant, kinds))
+        if has_server:
+            meta["server_targets"] = server_checks(groups)
         if args.json:
             if final:
                 meta["complete"], meta["machine_at_end"] = True, machine()
             args.json.write_text(to_json(meta, variants, samples, groups))
         return groups
 
-    # Variants take turns on each context (round-robin) rather than running one after another: on a
-    # shared machine the background load drifts, and turns spread that drift over every variant alike.
     # One engine per model set, shared by the variants (Engine.reconfigure reloads when a field needs it).
+    # The server's variants come first, so each engine loads (and compiles, when on) in the server's config.
     engines: dict[str, Any] = {}
     for v in variants:
         if v.config.models not in engines:
@@ -169,6 +171,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         return FimRequest(prefix, suffix, single_line=single_line(prefix, suffix, args.multiline),
                           max_new_tokens=min(simulated_stop(tok, middle), configs[v.name].max_new_tokens))
 
+    # Variants take turns on each context (round-robin) rather than running one after another: on a
+    # shared machine the background load drifts, and turns spread that drift over every variant alike.
     for hole in args.hole_tokens:
         configs = {v.name: v.config if "max_new_tokens" in v.changes or v.kind in server_kinds
                    else v.config.replace(max_new_tokens=args.max_new_tokens or hole) for v in variants}
@@ -192,9 +196,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                               + " ".join(f"{k} {st.seconds:.2f} s/{st.forward_passes} fp"
                                          for k, st in s.stages.items()), file=sys.stderr)
                     report(final=False)
-    has_server = any(v.kind == "server" for v in variants)
-    if has_server:  # into the JSON written by the final report
-        meta["server_targets"] = server_checks(report(final=False))
     groups = report(final=True)
     for g in groups:
         print_group(g)
