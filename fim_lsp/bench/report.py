@@ -55,7 +55,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
+def print_group(rep: GroupReport, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
     first = next(iter(rep.summaries.values()), None)
     w = out.write
     w(f"\n== context {rep.context_tokens} tokens, hole {rep.hole_tokens} tokens, "
@@ -118,9 +119,9 @@ def server_check_text(key: str) -> str:
 
 
 def print_server_targets(checks: dict[str, dict[str, Any]], decode_ms: dict[int, float | None],
-                         load_s: dict[str, float], out: TextIO = sys.stdout) -> None:
+                         load_s: dict[str, float], out: TextIO | None = None) -> None:
     """Issue 9's targets for the server variant (meant for an H100, bf16), each with its verdict."""
-    w = out.write
+    w = (out or sys.stdout).write
     w("\ntargets (issue 9; the server variant, meant for an H100 in bf16)\n")
     for key, c in checks.items():
         w(f"  {server_check_text(key)}: {_f(c['measured'], 3)} (target <= {c['limit']}) {verdict(c)}\n")
