@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e.add_argument("--steps", type=int, help=f"default {EngineConfig.steps}")
     e.add_argument("--alg", help=f"default {EngineConfig.alg}")
     e.add_argument("--max-new-tokens", type=int,
-                   help="Qwen's budget (oracle variants: the hole length; server: its own, capped by the simulated stop)")
+                   help="Qwen's budget (oracle variants: the hole length; server: its own, capped by the "
+                   "simulated stop)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="write every figure here (rewritten after each variant)")
     args = p.parse_args(argv)

@@ -236,7 +236,8 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
             if stage == "dllm":  # only the diffusion model runs in this stage: no need for the window
                 ps = [p for p in recorder.passes if p.role == "dllm"]
             else:
-                ps = [p for p in recorder.passes if p.role != "dllm" and (p.t >= lo if stage == "score" else p.t < windows["score"][0])]
+                ps = [p for p in recorder.passes if p.role != "dllm"
+                      and (p.t >= lo if stage == "score" else p.t < windows["score"][0])]
             passes, positions = len(ps), sum(p.positions for p in ps)
         # generators: the tokens they produced; scoring: the candidate tokens it scored
         out_tokens = tokens[stage] if stage in tokens else sum(c.tokens for c in comp.candidates)
