@@ -4,7 +4,6 @@ hand-made samples with hand-computed answers."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import json
 import math
@@ -18,17 +17,9 @@ from fim_lsp.bench.models import SHAPES, write_random
 from fim_lsp.bench.report import CHECK_TEXT, print_group, print_server_targets
 from fim_lsp.bench.server_variant import server_config, simulated_stop, single_line
 from fim_lsp.bench.stats import agreement, group_report, percentile, server_checks, summarize
-from fim_lsp.engine import config as engine_config
 from fim_lsp.engine.config import EngineConfig, config_from_args
 from fim_lsp.engine.ensemble import Engine, FimRequest
 from fim_lsp.server.main import build_parser
-
-# Lead: delete this guard when the issue-9 engine branch is merged. The bench calls the engine's new API
-# (FimRequest.single_line / max_new_tokens, effective(config, device_type), Engine.compiled); the tests
-# that run the bench need it, the arithmetic and decision tests below do not.
-ENGINE_API = ("single_line" in FimRequest.__dataclass_fields__
-              and "device_type" in inspect.signature(engine_config.effective).parameters)
-needs_engine_api = pytest.mark.skipif(not ENGINE_API, reason="needs the issue-9 engine API (lead's branch)")
 
 KINDS = {"qwen-alone": "qwen-alone", "exact": "exact", "editor": "editor", "server": "server",
          "server-qwen-alone": "server-qwen-alone"}
@@ -57,8 +48,6 @@ def _sample(variant: str, total: float, stages: dict[str, tuple[float, int]], co
 
 @pytest.fixture(scope="module")
 def bench_json(tiny_models: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
-    if not ENGINE_API:
-        pytest.skip("needs the issue-9 engine API (lead's branch)")
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     printed = _run(["--ar-model", str(tiny_models / "ar"), "--dllm-model", str(tiny_models / "dllm"),
                     "--data-dir", str(shared_data), "--context-tokens", "48", "--hole-tokens", "4",
@@ -108,7 +97,6 @@ def test_hook_counts_agree_with_the_engine(bench_json: tuple[dict, str]) -> None
     assert g["summaries"]["exact"]["stages"]["dllm"]["forward_passes"] == 7
 
 
-@needs_engine_api
 def test_server_variant_end_to_end(tiny_models: Path, shared_data: Path, tmp_path: Path) -> None:
     """`--variants server` alone runs the 256- and 1024-token contexts and prints every issue-9 target."""
     out = tmp_path / "server.json"
@@ -139,7 +127,6 @@ def test_server_variant_end_to_end(tiny_models: Path, shared_data: Path, tmp_pat
             assert sorted(k for k in s["texts"] if k.startswith("dllm")) == ["dllm-16", "dllm-8"]
 
 
-@needs_engine_api
 def test_compiled_engine_takes_the_engines_counts(tiny_models: Path) -> None:
     # Stands in for an engine replaying CUDA graphs (none here): measure() must register no hook and
     # take the engine's own counts. The property swallows the engine's own assignment of the flag.
@@ -358,7 +345,6 @@ def test_shapes_and_small_checkpoint_reuse(tmp_path: Path) -> None:
     assert (ck.ar / "config.json").stat().st_mtime_ns == stamp
 
 
-@needs_engine_api
 def test_variants_are_the_editor_profile_options() -> None:
     from fim_lsp.bench.variants import build_variants
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fim_lsp.engine.config import EngineConfig, config_from_args
 from fim_lsp.engine.loading import encode
-from fim_lsp.server.context import UTF32, extract, split_lines
+from fim_lsp.server.context import UTF32, extract, single_line_mode, split_lines
 from fim_lsp.server.main import build_parser
 from fim_lsp.server.settings import ServerSettings
 
@@ -27,9 +27,7 @@ def single_line(prefix: str, suffix: str, multiline: str = ServerSettings().mult
     # UTF-32 columns are Python string indices, so the cursor lands exactly at the end of the prefix.
     ctx = extract(prefix + suffix, len(lines) - 1, len(lines[-1]), UTF32, settings.prefix_lines,
                   settings.suffix_lines)
-    # Lead: reconcile. Copied from CompletionService.complete (fim_lsp/server/service.py); call the
-    # server's function instead once the decision moves into one.
-    return {"always": False, "never": True}.get(settings.multiline, ctx.single_line)
+    return single_line_mode(ctx, settings.multiline)
 
 
 def simulated_stop(tokenizer: Any, middle: str) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
-from .context import FimContext, clip_tokens, extract
+from .context import FimContext, clip_tokens, extract, single_line_mode
 from .postprocess import Insert, postprocess
 from .worker import CANCELLED, SUPERSEDED, Job
 
@@ -81,7 +81,7 @@ class CompletionService:
             return None
         encoding = str(ls.workspace.position_encoding or "utf-16")
         ctx = extract(text, line, character, encoding, settings.prefix_lines, settings.suffix_lines)
-        single = {"always": False, "never": True}.get(settings.multiline, ctx.single_line)
+        single = single_line_mode(ctx, settings.multiline)
 
         hit = ls.cache.get(ctx.prefix, ctx.suffix)
         if hit is not None:
