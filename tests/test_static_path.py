@@ -85,7 +85,7 @@ def test_compiled_decode_emits_the_eager_tokens_at_temperature_0(talkative):
     with the same log-probs and the same fim-mode scores on the kept prompt."""
     params = ArParams(temperature=0.0, max_new_tokens=12)
     eager, eager_prompt = generate_fim_keep_prompt(talkative, REQUESTS, params)
-    static = StaticGenerator(talkative, cpu_compile=True)
+    static = StaticGenerator(talkative, "default")
     compiled, static_prompt = static.generate(REQUESTS, params)
     assert all(len(g.token_ids) == 12 for g in eager)  # a real loop, not one token
     for e, c in zip(eager, compiled):
@@ -108,13 +108,13 @@ def test_row_budgets_and_single_line_stop_on_both_paths(forced):
     limits = lambda: RowLimits([10, 10, 3], [True, False, False])  # noqa: E731
     params = ArParams(temperature=0.6, max_new_tokens=64)  # sampling: the forced logits still decide
     eager = generate_fim(lm, reqs, params, limits=limits())
-    static, _ = StaticGenerator(lm, cpu_compile=False).generate(reqs, params, limits=limits())
+    static, _ = StaticGenerator(lm).generate(reqs, params, limits=limits())
     line = lm.tokenizer.decode(cycle)
     for gens in (eager, static):
         assert [g.text for g in gens] == [line, line + line, lm.tokenizer.decode(cycle[:3])]
         assert gens[0].token_ids == cycle and gens[0].end_logprob is None
         assert gens[0].forward_passes == 10  # the batch ran on for its longest row
-    alone, _ = StaticGenerator(lm, cpu_compile=False).generate(reqs[:1], params, limits=RowLimits([64], [True]))
+    alone, _ = StaticGenerator(lm).generate(reqs[:1], params, limits=RowLimits([64], [True]))
     assert alone[0].forward_passes == len(cycle)  # nothing computed past the newline
 
 

@@ -36,7 +36,7 @@ def cache_length(needed: int) -> int:
 
 
 class StaticGenerator:
-    def __init__(self, lm: LoadedModel, cpu_compile: bool) -> None:
+    def __init__(self, lm: LoadedModel, decode_compile: str | None = None) -> None:
         tok = lm.tokenizer
         self.lm = lm
         self.net = StaticQwen2(lm.model)
@@ -44,7 +44,7 @@ class StaticGenerator:
         self.eos = special_id(tok, "<|endoftext|>")
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else int(self.stops[0])
         self.vocab = len(tok)  # rows past the tokenizer are padding: never sampled
-        self.graphs = GraphCache(lm.device, cpu_compile=cpu_compile)  # the decode step
+        self.graphs = GraphCache(lm.device, decode_compile)  # the decode step
         self.prompt_graphs = GraphCache(lm.device)  # one shape per width bucket: not worth compiling on CPU
         self.caches: dict[tuple[int, int], KVCache] = {}
         self._line_stop: LineStop | None = None

@@ -169,14 +169,15 @@ def static_bidirectional_logits(lm: LoadedModel, static: StaticPass, valid: torc
     vocab = len(lm.tokenizer)
 
     def make():
+        banned_ids = torch.tensor(banned, device=valid.device)  # made here: no host copy inside a capture
+
         def fn(x: torch.Tensor, valid_: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor]:
             width = x.size(1)
             # a pad query sees itself, so no softmax row is empty
             mask = valid_[:, None, None, :] | torch.eye(width, dtype=torch.bool, device=x.device)
             positions = torch.arange(width, device=x.device).expand(x.size(0), -1)
             logits = static.net.forward(x, positions, mask, rows=rows)[..., :vocab].float()  # type: ignore[attr-defined]
-            logits[..., banned] = -math.inf
-            return (logits,)
+            return (logits.index_fill_(-1, banned_ids, -math.inf),)
         return fn
 
     def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,9 @@ from .static_model import KVCache, StaticQwen2
 
 log = logging.getLogger("fim_lsp.engine")
 MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token", "compile")
-# Warm-up contexts (tokens): graphs for the shapes an editor sends first are captured at load.
-WARMUP_CONTEXTS = (256, 1024)
+# Warm-up contexts (tokens) at load. CUDA: one per 64-token width bucket up to the server's budgets
+# (1024 prefix + 256 suffix tokens), each capture costing about three passes; CPU: one, to compile.
+WARMUP_TOKENS = {"cuda": tuple(range(61, 1280 + 64, 64)), "cpu": (256,)}
 
 
 class OutOfMemory(RuntimeError):
@@ -106,21 +107,22 @@ class Engine:
         requests need are captured (CUDA) or compiled (CPU) now rather than while the user waits."""
         if device.type != "cuda":
             use_compile_cache()
-        cpu_compile = device.type != "cuda"
         if self.ar is not None:
-            self.static_ar = StaticGenerator(self.ar, cpu_compile=cpu_compile)
+            # CUDA: the decode step is captured as a graph; CPU has none, so it is compiled instead
+            self.static_ar = StaticGenerator(self.ar, None if device.type == "cuda" else "default")
         if self.dllm is not None:
             self.static_dllm = StaticPass(StaticQwen2(self.dllm.model), GraphCache(device))
         tok = self.tokenizer
-        filler = "    value = compute(value, index)\n"
-        for n in WARMUP_CONTEXTS:
+        line = encode(tok, "    value = compute(value, index)\n")
+        for n in WARMUP_TOKENS[device.type]:
             if self._progress is not None:
                 self._progress(f"warming up: {'capturing CUDA graphs' if device.type == 'cuda' else 'compiling'} "
                                f"for {n}-token contexts")
-            text = filler * max(1, n // max(1, len(tok(filler, add_special_tokens=False)["input_ids"])))
-            for single in (True, False):
-                self.complete_batch([FimRequest(text[: len(text) * 3 // 4], text[len(text) * 3 // 4:],
-                                                single_line=single, max_new_tokens=2)])
+            ids = (line * (n // len(line) + 1))[:n]
+            prefix, suffix = tok.decode(ids[: n * 3 // 4]), tok.decode(ids[n * 3 // 4:])
+            for single in (True, False):  # the server sends one request at a time, in either mode
+                self.complete_batch([FimRequest(prefix, suffix, single_line=single, max_new_tokens=2)])
+
     def _try_load(self, name: str, role: str, device: torch.device, dtype: torch.dtype) -> LoadedModel | None:
         if self._progress is not None:
             self._progress(f"loading the {role} model {name}")

@@ -47,15 +47,16 @@ class _Captured:
 class GraphCache:
     """Runs `make()`'s function on `inputs`, keyed by `key` plus the inputs' shapes.
 
-    CUDA: captured on the first call for a key, replayed after; the outputs are the graph's own tensors,
-    valid until the next call (every graph here shares one memory pool), so read them at once.
-    CPU: torch.compile'd per key when `cpu_compile`, else called as is."""
+    compile_mode None: on CUDA captured as a graph on the first call for a key and replayed after, the
+    outputs being the graph's own tensors, valid until the next call (the graphs share one memory pool),
+    so read them at once; on CPU called as is. Otherwise torch.compile'd per key in that mode (the
+    engine's CPU decode step; the decode bench compares "reduce-overhead" with plain capture)."""
 
-    def __init__(self, device: torch.device, cpu_compile: bool = False) -> None:
+    def __init__(self, device: torch.device, compile_mode: str | None = None) -> None:
         self.cuda = device.type == "cuda"
-        self.cpu_compile = cpu_compile
+        self.compile_mode = compile_mode
         self._fns: dict[Hashable, object] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda else None
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda and compile_mode is None else None
 
     def __len__(self) -> int:
         return len(self._fns)
@@ -64,11 +65,15 @@ class GraphCache:
         key = (key, *(tuple(x.shape) for x in inputs))
         fn = self._fns.get(key)
         if fn is None:
-            if self.cuda:
+            if self.compile_mode is not None:
+                compiled = torch.compile(make(), mode=self.compile_mode, dynamic=False, fullgraph=True)
+
+                def fn(xs: list[torch.Tensor], compiled=compiled) -> tuple[torch.Tensor, ...]:
+                    if self.cuda:
+                        torch.compiler.cudagraph_mark_step_begin()  # the last call's outputs are consumed
+                    return compiled(*xs)
+            elif self.cuda:
                 fn = _Captured(make(), inputs, self._pool)
-            elif self.cpu_compile:
-                compiled = torch.compile(make(), dynamic=False, fullgraph=True)
-                fn = lambda xs: compiled(*xs)  # noqa: E731
             else:
                 plain = make()
                 fn = lambda xs: plain(*xs)  # noqa: E731

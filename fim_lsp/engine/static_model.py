@@ -78,7 +78,10 @@ class StaticQwen2:
                 cache.keys[i].index_copy_(2, write_at, k)
                 cache.values[i].index_copy_(2, write_at, v)
                 k, v = cache.keys[i], cache.values[i]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+            if self.kv_heads != self.heads:  # repeated, as transformers does with a mask: sdpa's fused
+                k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)  # kernels take no GQA with one
+                v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         if rows is not None:
