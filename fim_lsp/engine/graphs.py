@@ -26,6 +26,8 @@ def use_compile_cache() -> Path:
 
 class _Captured:
     def __init__(self, fn: Fn, inputs: list[torch.Tensor], pool: object) -> None:
+        # The graph holds raw addresses: the function's closure (index tensors, masks) must outlive it.
+        self.fn = fn
         self.inputs = [x.clone() for x in inputs]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
