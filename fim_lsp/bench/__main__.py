@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e.add_argument("--steps", type=int, help=f"default {EngineConfig.steps}")
     e.add_argument("--alg", help=f"default {EngineConfig.alg}")
     e.add_argument("--compile", choices=("auto", "on", "off"), help="default auto: on for CUDA (graphs)")
+    e.add_argument("--overlap", choices=("auto", "on", "off"),
+                   help="default auto: diffusion beside Qwen on a second stream when compiled on CUDA")
     e.add_argument("--dllm-cache-refresh", type=int,
                    help="DualCache refresh interval (default: the profile's for the device; 0 = none)")
     e.add_argument("--max-new-tokens", type=int,
@@ -94,7 +96,7 @@ def engine_configs(args: argparse.Namespace, ar: str, dllm: str) -> tuple[Engine
     to both; left out, the oracle variants run greedy and the server variant keeps the server's defaults."""
     from .server_variant import server_config
 
-    explicit = {k: getattr(args, k) for k in ("temperature", "steps", "alg", "compile", "dllm_cache_refresh")
+    explicit = {k: getattr(args, k) for k in ("temperature", "steps", "alg", "compile", "overlap", "dllm_cache_refresh")
                 if getattr(args, k) is not None}
     base = EngineConfig(ar_model=ar, dllm_model=dllm, device=args.device, dtype=args.dtype, seed=0,
                         **({"temperature": 0.0} | explicit))

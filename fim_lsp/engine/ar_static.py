@@ -46,6 +46,7 @@ class StaticGenerator:
         self.vocab = len(tok)  # rows past the tokenizer are padding: never sampled
         self.graphs = GraphCache(lm.device, decode_compile)  # the decode step
         self.prompt_graphs = GraphCache(lm.device)  # one shape per width bucket: not worth compiling on CPU
+        self.score_graphs = GraphCache(lm.device)
         self.caches: dict[tuple[int, int], KVCache] = {}
         self._line_stop: LineStop | None = None
 
@@ -163,9 +164,25 @@ class StaticGenerator:
                                    end_logprob=end, prefill_seconds=prefill_seconds or seconds * batch))
         return gens, PromptState(cache=cache, attn=valid, first_logprobs=first)
 
+    def _score_fn(self, src: KVCache, width: int, t: int):
+        dev = self.lm.device
+        query, slots = torch.arange(t, device=dev), torch.arange(width + t, device=dev)
+
+        def score(x, targets, positions, prompt_valid, rows):
+            n = x.size(0)
+            # the rows' prompt keys, copied inside the graph from the generator's cache (a fixed address)
+            grow = lambda kv: torch.cat([kv[rows, :, :width], kv.new_zeros(n, kv.size(1), t, kv.size(3))], dim=2)  # noqa: E731
+            cache = KVCache([grow(k) for k in src.keys], [grow(v) for v in src.values])
+            kv_valid = torch.cat([prompt_valid, torch.ones((n, t), dtype=torch.bool, device=dev)], dim=1)
+            mask = kv_valid[:, None, :] & (slots[None, :] <= width + query[:, None])
+            logits = self.net.forward(x, positions, mask[:, None], cache, width + query)
+            return (torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0],)
+
+        return score
+
     def score(self, prompt: PromptState, items: list[tuple[int, str]]) -> list[Score]:
-        """scorer.score_on_prompt on this path's prompt cache (fim mode): one pass over the completions'
-        own tokens, attending to a copy of their prompt's keys."""
+        """scorer.score_on_prompt on this path's prompt cache (fim mode): one replayed pass over the
+        completions' own tokens (their count bucketed to 16), attending to their prompt's keys."""
         if not items:
             return []
         dev = self.lm.device
@@ -173,21 +190,16 @@ class StaticGenerator:
         rows = torch.tensor([r for r, _ in items], device=dev)
         n, width, t = len(conts), prompt.attn.size(1), bucket(max(len(c) for c in conts), 16)
         x = torch.full((n, t), self.eos, dtype=torch.long)
+        targets = torch.full((n, t), self.eos, dtype=torch.long)  # the token each position predicts
         for b, c in enumerate(conts):
             x[b, : len(c)] = torch.tensor(c)
+            targets[b, : len(c) - 1] = torch.tensor(c[1:], dtype=torch.long)
+        prompt_valid = prompt.attn[rows]
+        positions = prompt_valid.long().sum(-1, keepdim=True) + torch.arange(t, device=dev)
         src: KVCache = prompt.cache  # type: ignore[assignment]
-        grow = lambda kv: torch.cat([kv[rows, :, :width], kv.new_zeros(n, kv.size(1), t, kv.size(3))], dim=2)  # noqa: E731
-        cache = KVCache([grow(k) for k in src.keys], [grow(v) for v in src.values])
-        query, slots = torch.arange(t, device=dev), torch.arange(width + t, device=dev)
-        kv_valid = torch.cat([prompt.attn[rows], torch.ones((n, t), dtype=torch.bool, device=dev)], dim=1)
-        mask = kv_valid[:, None, :] & (slots[None, :] <= width + query[:, None])
-        positions = prompt.attn[rows].long().sum(-1, keepdim=True) + query
         with torch.inference_mode():
-            logits = self.net.forward(x.to(dev), positions, mask[:, None], cache, width + query)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-        scores = []
-        for b, c in enumerate(conts):
-            first = float(prompt.first_logprobs[rows[b], c[0]])
-            rest = logp[b, : len(c) - 1].gather(-1, torch.tensor(c[1:], device=dev)[:, None]).squeeze(-1)
-            scores.append(score_from_logprobs([first, *rest.tolist()]))
-        return scores
+            (logp,) = self.score_graphs.run(("score", id(src), width), lambda: self._score_fn(src, width, t),
+                                            [x.to(dev), targets.to(dev), positions, prompt_valid, rows])
+            logp = logp.tolist()
+        firsts = prompt.first_logprobs[rows, torch.tensor([c[0] for c in conts], device=dev)].tolist()
+        return [score_from_logprobs([first, *row[: len(c) - 1]]) for first, row, c in zip(firsts, logp, conts)]

@@ -52,6 +52,9 @@ class EngineConfig:
     profile: str = "exact"  # "editor" turns the speed options on, see PROFILES
     # static-shape model passes replayed as CUDA graphs (torch.compile on CPU); auto: on for CUDA only
     compile: str = "auto"
+    # CUDA, compiled: the diffusion stage on its own stream and thread while Qwen decodes (graph replays
+    # leave the interpreter free, and Qwen's one-token steps leave the GPU's multiprocessors idle)
+    overlap: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the bad key; the server turns it into a message."""
@@ -72,6 +75,7 @@ class EngineConfig:
             ("dllmLengthsSingleLine", bool(self.dllm_lengths_single_line)
              and all(n >= 1 for n in self.dllm_lengths_single_line), "a non-empty list of lengths >= 1"),
             ("compile", self.compile in COMPILE_CHOICES, "auto, on or off"),
+            ("overlap", self.overlap in COMPILE_CHOICES, "auto, on or off"),
             ("dllmThreshold", self.dllm_threshold is None or 0 < self.dllm_threshold <= 1, "in (0, 1] or null"),
             ("dllmCacheRefresh", self.dllm_cache_refresh >= 0, ">= 0"),
             ("dllmStepsPerToken", self.dllm_steps_per_token is None or self.dllm_steps_per_token > 0, "> 0 or null"),
@@ -168,6 +172,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="exact: the reference path; editor: the speed options on (see README)")
     g.add_argument("--compile", choices=COMPILE_CHOICES, default=d.compile,
                    help="static-shape passes as CUDA graphs (torch.compile on CPU); auto: on for CUDA")
+    g.add_argument("--overlap", choices=COMPILE_CHOICES, default=d.overlap,
+                   help="run diffusion beside Qwen on a second CUDA stream (needs compile on CUDA); auto: on")
 
 
 def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,6 +63,8 @@ class Engine:
         self.static_ar: StaticGenerator | None = None  # the compiled paths (config.compile)
         self.static_dllm: StaticPass | None = None
         self._line_stop: LineStop | None = None
+        self._side: ThreadPoolExecutor | None = None  # the overlapped diffusion stage (config.overlap)
+        self._side_stream = None
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, on_progress: Callable[[str], None] | None = None) -> None:
@@ -96,6 +99,7 @@ class Engine:
         self.static_ar = self.static_dllm = None
         if compile_enabled(cfg, device.type):
             self._build_static(device)
+
 
     @property
     def compiled(self) -> bool:
@@ -181,8 +185,12 @@ class Engine:
         gens: list[list[Generation]] = [[] for _ in requests]
         timings: dict[str, float] = {}
         prompt = None
-        # One stage after the other, also on a GPU: two Python threads launching kernels through one
-        # interpreter measured 2.8x slower than taking turns (eval/BENCHMARKS.md).
+        # Eager, the stages take turns, also on a GPU: two Python threads launching kernels through one
+        # interpreter measured 2.8x slower than turns. Replayed graphs leave the interpreter free, so on
+        # the static path the diffusion stage can run on its own stream beside Qwen (eval/BENCHMARKS.md).
+        side = None
+        if device.type == "cuda" and self.static_dllm is not None and self.ar is not None and cfg.overlap != "off":
+            side = self._side_pool().submit(self._on_side_stream, lambda: self._run_dllm(requests, cfg, cancel))
         if self.ar is not None:
             qwen, prompt = self._run_qwen(requests, cfg, cancel)
             for g, out in zip(gens, qwen):
@@ -190,10 +198,14 @@ class Engine:
             timings["qwen"] = self._lap(start)
             timings["qwen_prefill"] = qwen[0].prefill_seconds or 0.0
         if self.dllm is not None:
-            t = time.perf_counter()
-            for i, out in self._run_dllm(requests, cfg, cancel):
+            if side is not None:
+                outs, timings["dllm"] = side.result()
+            else:
+                t = time.perf_counter()
+                outs = self._run_dllm(requests, cfg, cancel)
+                timings["dllm"] = self._lap(t)
+            for i, out in outs:
                 gens[i].append(out)
-            timings["dllm"] = self._lap(t)
         if cancel is not None and cancel():
             raise Cancelled()
         t = time.perf_counter()
@@ -207,10 +219,24 @@ class Engine:
         return (self.ar or self.dllm).device
 
     def _lap(self, since: float) -> float:
-        """Seconds since `since`, once the device has finished the stage's work (honest stage times)."""
+        """Seconds since `since`, once this thread's stream has finished the stage's work."""
         if self._device().type == "cuda":
-            torch.cuda.synchronize(self._device())
+            torch.cuda.current_stream(self._device()).synchronize()
         return time.perf_counter() - since
+
+    def _side_pool(self) -> ThreadPoolExecutor:
+        if self._side is None:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-dllm")
+            self._side_stream = torch.cuda.Stream(self._device())
+        return self._side
+
+    def _on_side_stream(self, fn: Callable[[], object]) -> tuple[object, float]:
+        start = time.perf_counter()
+        self._side_stream.wait_stream(torch.cuda.default_stream(self._device()))
+        with torch.cuda.stream(self._side_stream):
+            out = fn()
+        self._side_stream.synchronize()
+        return out, time.perf_counter() - start
 
     def _run_qwen(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
         params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
