@@ -130,9 +130,10 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                                      resolve_device(args.device).type)
     # The server variant first, then the editor profile, each after its Qwen alone: in a run cut short,
     # their figures are in the JSON first.
-    order = {"server-qwen-alone": 0, "server": 1, "qwen-alone": 2, "editor": 3, "exact": 4, "option": 5}
+    order = {"server-qwen-alone": 0, "server": 1, "server-no-line-stop": 1.5, "qwen-alone": 2, "editor": 3,
+             "exact": 4, "option": 5}
     variants.sort(key=lambda v: order.get(v.name, order.get(v.kind, 5)))
-    server_kinds = ("server", "server-qwen-alone")
+    server_kinds = ("server", "server-qwen-alone", "server-before")
     has_server = any(v.kind == "server" for v in variants)
     meta: dict[str, Any] = {"command": "python -m fim_lsp.bench " + " ".join(sys.argv[1:]), "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **model_meta,
@@ -173,6 +174,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     def request(v: Any, prefix: str, suffix: str, middle: str, hole: int) -> Any:
         if v.kind not in server_kinds:
             return FimRequest(prefix, suffix, dllm_length=hole)
+        if v.kind == "server-before":  # no single-line flag: Qwen runs to its budget, as before issue 9
+            return FimRequest(prefix, suffix, max_new_tokens=configs[v.name].max_new_tokens)
         # the server's request: hole length unknown, its single-line decision, Qwen stopped where a
         # trained model would have (random weights never stop)
         return FimRequest(prefix, suffix, single_line=single_line(prefix, suffix, args.multiline),

@@ -17,14 +17,14 @@ OFF_VALUES: dict[str, Any] = {"score_reuse": False}
 # Fields that say how the options are chosen rather than being options themselves.
 NOT_OPTIONS = ("profile",)
 # Each variant's ensemble ratio is over the Qwen-alone variant run in the same configuration.
-DENOMINATOR = {"server": "server-qwen-alone"}
+DENOMINATOR = {"server": "server-qwen-alone", "server-before": "server-qwen-alone"}
 QWEN_ALONE_KINDS = ("qwen-alone", "server-qwen-alone")
 
 
 @dataclass
 class Variant:
     name: str
-    kind: str  # "exact", "editor", "option", "qwen-alone", "server", "server-qwen-alone"
+    kind: str  # "exact", "editor", "option", "qwen-alone", "server", "server-qwen-alone", "server-before"
     config: EngineConfig
     changes: dict[str, Any] = field(default_factory=dict)  # fields that differ from the exact path
 
@@ -65,6 +65,9 @@ def build_variants(base: EngineConfig, server: EngineConfig | None = None, only:
     if server is not None:
         server_changes = option_changes(exact, effective(server, device_type))
         out += [Variant("server", "server", server, server_changes),
+                # the same requests without the single-line flag: what the engine computed before it
+                # had one (Qwen to its budget, the multi-line hole lengths; the server cut the rest)
+                Variant("server-no-line-stop", "server-before", server, server_changes),
                 Variant("server-qwen-alone", "server-qwen-alone", server.replace(models="qwen"),
                         server_changes | {"models": "qwen"})]
     if only:
@@ -75,6 +78,6 @@ def build_variants(base: EngineConfig, server: EngineConfig | None = None, only:
         by_name = {v.name: v for v in out}
         keep = set(only) | {denominator(by_name[n].kind) for n in only if by_name[n].kind not in QWEN_ALONE_KINDS}
         out = [v for v in out if v.name in keep]
-        if "exact" not in only and keep - {"server", "server-qwen-alone"}:
+        if "exact" not in only and keep - {"server", "server-qwen-alone", "server-no-line-stop"}:
             notes.append("the exact path is not in --variants: no ratios over it, no agreement")
     return out, notes
