@@ -236,8 +236,12 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
             if stage == "dllm":  # only the diffusion model runs in this stage: no need for the window
                 ps = [p for p in recorder.passes if p.role == "dllm"]
             else:
+                # Qwen's passes start before its stage ends (start + its duration); scoring's after. The
+                # score window, measured back from the call's end, also holds the engine's bookkeeping
+                # after scoring, so its start is later than scoring's: not a boundary to count by.
+                qwen_end = windows["qwen"][1]
                 ps = [p for p in recorder.passes if p.role != "dllm"
-                      and (p.t >= lo if stage == "score" else p.t < windows["score"][0])]
+                      and (p.t >= qwen_end if stage == "score" else p.t < qwen_end)]
             passes, positions = len(ps), sum(p.positions for p in ps)
         # generators: the tokens they produced; scoring: the candidate tokens it scored
         out_tokens = tokens[stage] if stage in tokens else sum(c.tokens for c in comp.candidates)
