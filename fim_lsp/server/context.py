@@ -107,3 +107,8 @@ def clip_tokens(tokenizer: object, text: str, max_tokens: int, keep_end: bool) -
     cut = offsets[max_tokens - 1][1]
     nl = text.rfind("\n", 0, cut)
     return text[:nl] if nl > 0 else text[:cut]
+
+
+def wants_single_line(ctx: FimContext, multiline: str) -> bool:
+    """The server's one-line decision for this cursor under the `multiline` setting (auto, always, never)."""
+    return {"always": False, "never": True}.get(multiline, ctx.single_line)
