@@ -2,57 +2,30 @@
 documents, stale candidates, positions past the end, a completion cut inside a character.
 
 A real server over stdio, driven by pytest-lsp's client. What it writes is forced, never left to a
-random model: its Qwen is a checkpoint built here that writes "x", "é" (as two byte tokens), "x", ...
-whatever the context, so the token limit decides where the text ends."""
+random model: its Qwen is a forced checkpoint (forced_model.py) that writes "x", "é" (as two byte
+tokens), "x", ... whatever the context, so the token limit decides where the text ends."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-import torch
 from lsprotocol import types
 
+from forced_model import write_forced
 from server_client import FAST, Session, start_server
 
 # Module-scoped, like test_server.py: each test restores what it configures.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-CYCLE = ["x", "Ã", "©"]  # byte-level tokens: "x", then the two bytes of "é" (0xC3 0xA9)
 WHOLE = 7  # tokens: x é x é x, "xéxéx"
 CUT = 5  # tokens: x é x and the first byte of "é"
 
 
-def build_cycle_model(tiny: Path, out: Path) -> Path:
-    """A Qwen2 checkpoint that writes CYCLE over and over after <|fim_middle|>, whatever came before.
-    Each token of the chain embeds as its own one-hot direction, attention and MLP add nothing (zero
-    output projections), and an untied head maps each direction to the next token of the chain with a
-    margin no sampling setting can overturn."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny / "ar")
-    model = AutoModelForCausalLM.from_pretrained(tiny / "ar")
-    ids = tok.convert_tokens_to_ids(["<|fim_middle|>", *CYCLE])
-    chain = [*ids, ids[1]]
-    embed = torch.zeros_like(model.model.embed_tokens.weight)
-    head = torch.zeros_like(embed)
-    for direction, (now, nxt) in enumerate(zip(chain, chain[1:])):
-        embed[now, direction] = 1.0
-        head[nxt, direction] = 10.0
-    model.config.tie_word_embeddings = False
-    with torch.no_grad():
-        model.model.embed_tokens.weight = torch.nn.Parameter(embed)
-        model.lm_head.weight = torch.nn.Parameter(head)
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def cycle_model(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_cycle_model(tiny_models, tmp_path_factory.mktemp("cycle"))
+    out = tmp_path_factory.mktemp("cycle")
+    assert len(write_forced(tiny_models / "ar", out, "xé")) == 3  # "x", then the two bytes of "é" (0xC3 0xA9)
+    return out
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

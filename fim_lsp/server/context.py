@@ -70,6 +70,12 @@ class FimContext:
         return client_column(self.line_before, len(self.line_before), self.encoding)
 
 
+def single_line_mode(ctx: FimContext, multiline: str) -> bool:
+    """The `multiline` setting's decision: "always" never cuts to one line, "never" always does, "auto"
+    does when code follows the cursor on its line."""
+    return {"always": False, "never": True}.get(multiline, ctx.single_line)
+
+
 def extract(text: str, line: int, column: int, encoding: str = UTF16,
             prefix_lines: int = 64, suffix_lines: int = 16) -> FimContext:
     """Context for a cursor at (line, column in client units). Out-of-range positions clamp to the
@@ -107,8 +113,3 @@ def clip_tokens(tokenizer: object, text: str, max_tokens: int, keep_end: bool) -
     cut = offsets[max_tokens - 1][1]
     nl = text.rfind("\n", 0, cut)
     return text[:nl] if nl > 0 else text[:cut]
-
-
-def wants_single_line(ctx: FimContext, multiline: str) -> bool:
-    """The server's one-line decision for this cursor under the `multiline` setting (auto, always, never)."""
-    return {"always": False, "never": True}.get(multiline, ctx.single_line)

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from ..engine.ensemble import Engine
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
 from .cache import CompletionCache
-from .context import FimContext, clip_tokens, extract, split_lines, wants_single_line
+from .context import FimContext, clip_tokens, extract, split_lines, single_line_mode
 from .postprocess import Insert, postprocess
 from .settings import ServerSettings
 from .stats import Stats
@@ -98,7 +98,7 @@ class CompletionService:
             stats.empty += 1
             return None
         ctx = extract(doc.text, line, character, doc.encoding, settings.prefix_lines, settings.suffix_lines)
-        single = wants_single_line(ctx, settings.multiline)
+        single = single_line_mode(ctx, settings.multiline)
 
         hit = self.cache.get(ctx.prefix, ctx.suffix, uri=uri)
         if hit is not None:
@@ -123,7 +123,7 @@ class CompletionService:
             stats.empty += 1
             return None
 
-        job = self._job_for(uri, ctx, settings)
+        job = self._job_for(uri, ctx, settings, single)
         job.waiters += 1
         try:
             # shielded: one waiter's $/cancelRequest must not cancel a job that others still await
@@ -145,18 +145,19 @@ class CompletionService:
         self.cache.put(ctx.prefix, ctx.suffix, completion, uri=uri)
         return self._offer(uri, line, character, ctx, completion, single, False, started)
 
-    def _job_for(self, uri: str, ctx: FimContext, settings: ServerSettings) -> Job:
+    def _job_for(self, uri: str, ctx: FimContext, settings: ServerSettings, single: bool) -> Job:
         key = (ctx.prefix, ctx.suffix)
         job = self._inflight.get(key)
         if job is not None and not job.cancelled() and not job.future.done():
             self.stats.joined += 1
             return job
-        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, cancel), key=uri)
+        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, single, cancel), key=uri)
         self._inflight[key] = job
         job.future.add_done_callback(lambda _f: self._inflight.pop(key, None) if self._inflight.get(key) is job else None)
         return job
 
-    def _run_engine(self, ctx: FimContext, settings: ServerSettings, cancel: CancelCheck) -> Completion:
+    def _run_engine(self, ctx: FimContext, settings: ServerSettings, single: bool,
+                    cancel: CancelCheck) -> Completion:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
         stats, engine = self.stats, self.engine
         tok = engine.tokenizer
@@ -164,7 +165,8 @@ class CompletionService:
         suffix = clip_tokens(tok, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if tok else ctx.suffix
         stats.model_runs += 1
         try:
-            completion = engine.complete(prefix, suffix, cancel=cancel)
+            # single-line: the engine stops Qwen at the line's end instead of writing lines we cut
+            completion = engine.complete(prefix, suffix, cancel=cancel, single_line=single)
         except Cancelled:
             stats.interrupted_loops += 1
             raise
