@@ -18,7 +18,9 @@ LOG_LEVELS = ("error", "warning", "info", "debug")
 # Where the server's engine defaults differ from the dataclass's: typing needs the fast path; the eval
 # and the one-shot CLI keep the exact reference path. The CLI parser and the settings table read this.
 SERVER_ENGINE_DEFAULTS: dict[str, Any] = {"profile": "editor"}
-MODEL_KEYS = (("ar_model", ("both", "qwen")), ("dllm_model", ("both", "dllm")), ("scorer_model", ("both", "qwen", "dllm")))
+# Each model key, and the `models` values that load it.
+MODEL_KEYS = (("ar_model", ("both", "qwen")), ("dllm_model", ("both", "dllm")),
+              ("scorer_model", ("both", "qwen", "dllm")))
 
 
 @dataclass
@@ -120,8 +122,8 @@ def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig) -> Se
 
 def check_engine(new: EngineConfig, old: EngineConfig | None = None) -> None:
     """What EngineConfig.validate cannot see: that the device and dtype exist here and that each model
-    to load resolves. Only values that differ from `old` are checked, so an unchanged key never blocks
-    another. Raises ValueError naming the key."""
+    to load resolves. Only what changes from `old` is checked (a model also when `models` starts to
+    need it), so an unchanged key never blocks another. Raises ValueError naming the key."""
     def changed(name: str) -> bool:
         return old is None or getattr(new, name) != getattr(old, name)
 
