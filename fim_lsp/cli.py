@@ -29,8 +29,13 @@ def render(c: Completion) -> str:
     out = [f"winner: {c.winner.model if c.winner else '-'}", "completion:", c.text, "", "candidates:"]
     for cand in c.candidates:
         hole = f" L={cand.hole_length}" if cand.hole_length else ""
+        # Diffusion lengths share one batch: a per-length time would be the batch time split evenly.
+        seconds = "" if cand.hole_length else f" {cand.seconds:.2f}s"
         out.append(f"  {cand.model}{hole}: ppl={cand.perplexity:.3f} tokens={cand.tokens} "
-                   f"passes={cand.forward_passes} {cand.seconds:.2f}s  {cand.text!r}")
+                   f"passes={cand.forward_passes}{seconds}  {cand.text!r}")
+    lengths = sum(1 for cand in c.candidates if cand.hole_length)
+    if lengths:
+        out.append(f"  dllm: {lengths} length(s) in one batch, {c.timings.get('dllm', 0.0):.2f}s")
     out.append("timings: " + ", ".join(f"{k}={v:.3f}s" for k, v in c.timings.items()))
     return "\n".join(out)
 

@@ -109,8 +109,8 @@ def test_server_completion_appears_as_extmark(ghost: dict[str, Any]) -> None:
     assert mark["pos"] == "inline"
     # The extmark shows the text the server says it offered for this position.
     shown = ghost["shown"]
-    assert shown and shown["completion"], shown
-    assert mark["text"] == ghost["item_text"] == shown["completion"]
+    assert shown and shown["inserted"], shown
+    assert mark["text"] == ghost["item_text"] == shown["inserted"]  # after post-processing
     assert shown["position"] == {"line": ghost["cursor_before"][0] - 1, "character": ghost["cursor_before"][1]}
     assert_no_lua_errors(ghost)
 

@@ -15,7 +15,8 @@ URI = "file:///work/example.py"
 async def test_failed_load_says_why_once_and_serves_what_loaded(tiny_models: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     caps = capabilities(encodings=["utf-8", "utf-16"])
-    async with start_server(tiny_models, {"dllmModel": str(missing), "waitForModelsMs": 100},
+    # From the command line: an editor setting naming a missing model is refused before any load.
+    async with start_server(tiny_models, {"waitForModelsMs": 100}, cli=["--dllm-model", str(missing)],
                             caps=caps, wait=False) as s:
         assert s.init.capabilities.position_encoding == types.PositionEncodingKind.Utf8
         line = "naïve = '€' + "

@@ -1,7 +1,8 @@
-"""LRU cache of engine answers, keyed by the exact (prefix, suffix) the models saw.
+"""LRU cache of engine answers, keyed by the document and the exact (prefix, suffix) the models saw.
 
-It also answers "typing through": when the new prefix is an old prefix plus characters that start a
-shown completion, the rest of that completion is still the answer, and no model runs."""
+It also answers "typing through": in the same document, with the same suffix, when the new prefix is
+the whole old prefix plus characters that start a shown completion, the rest of that completion is
+still the answer, and no model runs."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -9,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from ..engine.results import Candidate, Completion
 
-ANCHOR = 256  # characters of prefix end compared for typing-through; the far context rarely matters
+Key = tuple[str, str, str]  # (uri, prefix, suffix)
 
 
 @dataclass
@@ -21,7 +22,7 @@ class CacheHit:
 class CompletionCache:
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, str], Completion] = OrderedDict()
+        self._items: OrderedDict[Key, Completion] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -34,42 +35,47 @@ class CompletionCache:
         while len(self._items) > max(size, 0):
             self._items.popitem(last=False)
 
-    def put(self, prefix: str, suffix: str, completion: Completion) -> None:
+    def put(self, prefix: str, suffix: str, completion: Completion, uri: str = "") -> None:
         if self.size <= 0:
             return
-        self._items[(prefix, suffix)] = completion
-        self._items.move_to_end((prefix, suffix))
+        self._items[(uri, prefix, suffix)] = completion
+        self._items.move_to_end((uri, prefix, suffix))
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    def get(self, prefix: str, suffix: str) -> CacheHit | None:
-        exact = self._items.get((prefix, suffix))
+    def get(self, prefix: str, suffix: str, uri: str = "") -> CacheHit | None:
+        exact = self._items.get((uri, prefix, suffix))
         if exact is not None:
-            self._items.move_to_end((prefix, suffix))
+            self._items.move_to_end((uri, prefix, suffix))
             return CacheHit(exact, "")
         # Newest first: the completion the user is looking at is the one most likely typed through.
-        for (old_prefix, old_suffix), comp in reversed(self._items.items()):
-            typed = typed_through(old_prefix, old_suffix, prefix, suffix)
-            if typed is None:
+        for key, comp in reversed(self._items.items()):
+            old_uri, old_prefix, old_suffix = key
+            if old_uri != uri or old_suffix != suffix:
                 continue
-            shortened = shorten(comp, typed)
+            typed = typed_through(old_prefix, prefix)
+            shortened = shorten(comp, typed) if typed else None
             if shortened is not None:
-                self._items.move_to_end((old_prefix, old_suffix))
+                self._items.move_to_end(key)
                 return CacheHit(shortened, typed)
         return None
 
 
-def typed_through(old_prefix: str, old_suffix: str, prefix: str, suffix: str) -> str | None:
-    """The characters typed since `old_prefix`, when the cursor only moved forward by typing."""
-    if not old_prefix or suffix[:ANCHOR] != old_suffix[:ANCHOR]:
+def typed_through(old_prefix: str, prefix: str) -> str | None:
+    """The characters typed since `old_prefix`: `prefix` is the whole old prefix plus them."""
+    if prefix.startswith(old_prefix):
+        return prefix[len(old_prefix):] or None
+    # A full line budget slides as newlines are typed: the window keeps its line count and loses as
+    # many whole lines from its start as the typed text holds.
+    lines = old_prefix.count("\n")
+    if lines != prefix.count("\n"):
         return None
-    anchor = old_prefix[-ANCHOR:]
-    # The line budget may have dropped lines from the start of the prefix, so match on its end.
-    at = prefix.rfind(anchor, max(0, len(prefix) - len(anchor) - 4096))
-    if at < 0:
-        return None
-    typed = prefix[at + len(anchor):]
-    return typed or None
+    start = 0
+    for _ in range(lines):
+        start = old_prefix.index("\n", start) + 1
+        if prefix.startswith(old_prefix[start:]):
+            return prefix[len(old_prefix) - start:]
+    return None
 
 
 def shorten(comp: Completion, typed: str) -> Completion | None:

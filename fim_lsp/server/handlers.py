@@ -23,6 +23,10 @@ def _command(offer: Offer, cand: Any) -> types.Command:
     return types.Command(title="fim-lsp: accepted", command=CMD_ACCEPTED, arguments=[accepted_args(offer, cand)])
 
 
+async def _complete(ls: FimLanguageServer, uri: str, pos: types.Position) -> Offer | None:
+    return await ls.service.complete(uri, pos.line, pos.character, ls.document(uri), ls.settings)
+
+
 def register(ls: FimLanguageServer) -> None:
     background: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget tasks alive until they finish
 
@@ -33,14 +37,14 @@ def register(ls: FimLanguageServer) -> None:
 
     @ls.feature(types.INITIALIZE)
     def on_initialize(ls: FimLanguageServer, params: types.InitializeParams) -> None:
+        ls.log_handler.bind(asyncio.get_running_loop())
         new = ls.apply_settings(params.initialization_options or {}, "initializationOptions")
         if new is not None:
             ls.engine.reconfigure(new)  # nothing is loaded yet: just take the config
 
     @ls.feature(types.INITIALIZED)
     def on_initialized(ls: FimLanguageServer, params: types.InitializedParams) -> None:
-        _ = ls.worker  # start the worker on the serving loop
-        spawn(ls.loader.load())
+        spawn(ls.load_models())
 
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: FimLanguageServer, params: types.DidChangeConfigurationParams) -> None:
@@ -56,11 +60,17 @@ def register(ls: FimLanguageServer) -> None:
     def on_shutdown(ls: FimLanguageServer, params: Any = None) -> None:
         ls.worker.stop()
 
+    @ls.feature(types.EXIT)
+    def on_exit(ls: FimLanguageServer, params: Any = None) -> None:
+        # pygls closes stdout and ends the loop after this; its own exit status is swallowed by
+        # start_io, so serve_main returns ours. Nothing may be written once stdout is closed.
+        ls.exit_code = 0 if ls.protocol.shut_down else 1
+        ls.protocol.closed = True
+
     @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     @guarded(lambda: types.InlineCompletionList(items=[]))
     async def inline_completion(ls: FimLanguageServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
-        pos = params.position
-        offer = await ls.service.complete(params.text_document.uri, pos.line, pos.character)
+        offer = await _complete(ls, params.text_document.uri, params.position)
         if offer is None:
             return types.InlineCompletionList(items=[])
         automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
@@ -73,8 +83,7 @@ def register(ls: FimLanguageServer) -> None:
     @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
     @guarded(lambda: types.CompletionList(is_incomplete=True, items=[]))
     async def completion(ls: FimLanguageServer, params: types.CompletionParams) -> types.CompletionList:
-        pos = params.position
-        offer = await ls.service.complete(params.text_document.uri, pos.line, pos.character)
+        offer = await _complete(ls, params.text_document.uri, params.position)
         # is_incomplete: the client asks again as the user types, and typing-through hits the cache.
         if offer is None:
             return types.CompletionList(is_incomplete=True, items=[])
@@ -92,7 +101,7 @@ def register(ls: FimLanguageServer) -> None:
     @ls.feature(types.TEXT_DOCUMENT_HOVER)
     @guarded(lambda: None)
     async def hover(ls: FimLanguageServer, params: types.HoverParams) -> types.Hover | None:
-        last = ls.last
+        last = ls.service.last
         if last is None or last.uri != params.text_document.uri or params.position.line != last.ctx.line:
             return None
         return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown,
@@ -101,7 +110,7 @@ def register(ls: FimLanguageServer) -> None:
     @ls.command(CMD_SHOW)
     @guarded(lambda: None)
     async def show_candidates(ls: FimLanguageServer, *args: Any) -> dict[str, Any] | None:
-        return candidates_json(ls.last) if ls.last is not None else None
+        return candidates_json(ls.service.last) if ls.service.last is not None else None
 
     @ls.command(CMD_STATS)
     @guarded(lambda: {})
@@ -109,7 +118,7 @@ def register(ls: FimLanguageServer) -> None:
         out = ls.stats.to_dict()
         out.update({"state": ls.loader.state, "models": ls.engine.available,
                     "loadErrors": dict(ls.engine.load_errors), "cacheEntries": len(ls.cache),
-                    "workerBusy": bool(ls._worker and ls._worker.busy)})
+                    "workerBusy": ls.worker.busy})
         return out
 
     @ls.command(CMD_ACCEPTED)

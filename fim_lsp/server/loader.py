@@ -1,27 +1,30 @@
-"""Model loading in the background, with `$/progress`, `fimLsp/status` and one message per failure."""
+"""Model loading in the background, with `fimLsp/status` and one message per failure.
+
+The loader gets the engine, the worker and callbacks, never the server. A reload that fails puts the
+previous models back, so a bad setting never leaves the editor without completions."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from lsprotocol import types
 
 from ..engine.config import EngineConfig
+from ..engine.ensemble import Engine
 from ..engine.loading import ModelLoadError
 from ..engine.results import CancelCheck
-
-if TYPE_CHECKING:
-    from .server import FimLanguageServer
+from .worker import ModelWorker
 
 log = logging.getLogger("fim_lsp.server")
 STATUS = "fimLsp/status"
+Notify = Callable[[str, Any], None]  # (method, params): a notification to the client
 
 
 class ModelLoader:
-    def __init__(self, ls: "FimLanguageServer") -> None:
-        self.ls = ls
+    def __init__(self, engine: Engine, worker: ModelWorker, notify: Notify, forget: Callable[[], None]) -> None:
+        self.engine, self.worker, self.notify = engine, worker, notify
+        self.forget = forget  # drops answers and candidates made by the models that are going away
         self.state = "loading"
         self.message = "waiting for initialized"
         self._ready = asyncio.Event()  # set once a load attempt has finished (ready or failed)
@@ -38,78 +41,75 @@ class ModelLoader:
         return True
 
     def send_status(self, state: str, message: str, latency_ms: float | None = None) -> None:
-        if state != "ready" or message == "models loaded":
+        if state != "ready" or not message.startswith("served"):
             self.state, self.message = state, message
-        try:
-            self.ls.protocol.notify(STATUS, {"state": state, "message": message,
-                                             "models": self.ls.engine.available, "latencyMs": latency_ms})
-        except Exception:  # noqa: BLE001 - a closed pipe must not take a request down with it
-            log.debug("could not send %s", STATUS, exc_info=True)
+        self.notify(STATUS, {"state": state, "message": message, "models": self.engine.available,
+                             "latencyMs": latency_ms})
 
-    def _progress_supported(self) -> bool:
-        window = self.ls.client_capabilities.window
-        return bool(window and window.work_done_progress)
+    def served(self, latency_ms: float, from_cache: bool) -> None:
+        self.send_status("ready", "served" + (" from cache" if from_cache else ""), latency_ms)
 
-    async def load(self, new_config: EngineConfig | None = None) -> None:
-        """Load (or reload after a config change) on the worker; the event loop stays free."""
+    def _show(self, message: str, kind: types.MessageType) -> None:
+        self.notify(types.WINDOW_SHOW_MESSAGE, types.ShowMessageParams(type=kind, message=f"fim-lsp: {message}"))
+
+    async def load(self, new_config: EngineConfig | None = None,
+                   report: Callable[[str], None] | None = None) -> str:
+        """Load (or reload after a config change) on the worker; the event loop stays free. `report`
+        gets progress lines on the event loop. Returns a one-line outcome for the progress end."""
         self._generation += 1
         generation = self._generation
         self._ready.clear()
-        names = self._describe(new_config or self.ls.engine.config)
+        names = self.describe(new_config or self.engine.config)
         self.send_status("loading", f"loading {names}")
         log.info("loading %s", names)
-        token: str | None = None
-        if self._progress_supported():
-            token = f"fim-lsp-load-{uuid.uuid4().hex[:8]}"
-            try:
-                await self.ls.work_done_progress.create_async(token)
-                self.ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
-                    title="fim-lsp: loading models", message=names, cancellable=False))
-            except Exception:  # noqa: BLE001 - progress is decoration; loading goes on without it
-                log.debug("work done progress unavailable", exc_info=True)
-                token = None
-
         loop = asyncio.get_running_loop()
+        engine = self.engine
+        previous = engine.config if new_config is not None and engine.available else None
 
-        def report(message: str) -> None:  # runs on the worker thread: hand over to the event loop
-            if token is not None:
-                loop.call_soon_threadsafe(self.ls.work_done_progress.report, token,
-                                          types.WorkDoneProgressReport(message=message))
+        def progress(message: str) -> None:  # runs on the worker thread: hand over to the event loop
+            if report is not None:
+                loop.call_soon_threadsafe(report, message)
 
-        def work(_cancel: CancelCheck) -> list[str]:
-            engine = self.ls.engine
-            if new_config is not None and not engine.reconfigure(new_config) and engine.loaded:
-                return []
-            engine.load(on_progress=report)
-            return list(engine.load_errors.values())
+        def work(_cancel: CancelCheck) -> tuple[list[str], str | None]:
+            try:
+                if new_config is None or engine.reconfigure(new_config) or not engine.loaded:
+                    engine.load(on_progress=progress)
+                return list(engine.load_errors.values()), None
+            except Exception as err:  # noqa: BLE001 - reported below, with the old models back
+                if previous is None:
+                    raise
+                log.warning("reload failed (%s); loading the previous models again", err)
+                engine.reconfigure(previous)
+                engine.load(on_progress=progress)
+                return list(engine.load_errors.values()), _describe_error(err)
 
-        failure: str | None = None
+        failure = kept = None
         errors: list[str] = []
         try:
-            errors = await self.ls.worker.submit(work).future
-        except ModelLoadError as err:
-            failure = str(err)
+            errors, kept = await self.worker.submit(work).future
         except Exception as err:  # noqa: BLE001 - e.g. out of memory, a broken checkpoint
-            failure = f"{type(err).__name__}: {err}"
-            log.exception("model loading failed")
-        if token is not None:  # every begun progress ends, or the editor shows a spinner forever
-            done = "failed" if failure else "loaded " + ", ".join(self.ls.engine.available)
-            self.ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=done))
+            failure = _describe_error(err)
+            if not isinstance(err, ModelLoadError):
+                log.exception("model loading failed")
         if generation != self._generation:
-            return  # a newer configuration started another load; it reports for itself
-        self.ls.cache.clear()  # answers from other models or settings are stale
+            return "superseded"  # a newer configuration started another load; it reports for itself
+        self.forget()  # answers from other models or settings are stale
+        if kept is not None:
+            self._show(f"the new settings failed to load, so the previous models still serve: {kept}",
+                       types.MessageType.Error)
         for reason in ([failure] if failure else errors):
-            self.ls.show_message(f"fim-lsp: {reason}", types.MessageType.Error if failure else types.MessageType.Warning)
+            self._show(reason, types.MessageType.Error if failure else types.MessageType.Warning)
+        self._ready.set()
         if failure:
             log.error("no model loaded: %s", failure)
             self.send_status("failed", failure)
-        else:
-            log.info("models ready: %s", ", ".join(self.ls.engine.available))
-            self.send_status("ready", "models loaded")
-        self._ready.set()
+            return "failed"
+        log.info("models ready: %s", ", ".join(engine.available))
+        self.send_status("ready", "models loaded" if kept is None else f"reload failed, kept {self.describe(engine.config)}")
+        return "loaded " + ", ".join(engine.available)
 
     @staticmethod
-    def _describe(cfg: EngineConfig) -> str:
+    def describe(cfg: EngineConfig) -> str:
         parts = []
         if cfg.models in ("both", "qwen"):
             parts.append(f"qwen={cfg.ar_model}")
@@ -117,5 +117,6 @@ class ModelLoader:
             parts.append(f"dllm={cfg.dllm_model}")
         return ", ".join(parts) + f" on {cfg.device}"
 
-    def status_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "message": self.message, "models": self.ls.engine.available}
+
+def _describe_error(err: BaseException) -> str:
+    return str(err) if isinstance(err, ModelLoadError) else f"{type(err).__name__}: {err}"

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..engine.config import add_engine_args, config_from_args
-from .settings import LOG_LEVELS, ServerSettings
+from .settings import LOG_LEVELS, SERVER_ENGINE_DEFAULTS, ServerSettings, check_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for the log file (see --log-file) and window/logMessage")
     parser.add_argument("--log-file", action="store_true", help="print the log file's path and exit")
     add_engine_args(parser)
-    # Typing needs the fast path; the eval and the one-shot CLI keep the exact reference path.
-    parser.set_defaults(profile="editor")
+    parser.set_defaults(**SERVER_ENGINE_DEFAULTS)
     return parser
 
 
@@ -33,6 +32,7 @@ def serve_main(argv: list[str]) -> int:
         return 0
     try:
         config = config_from_args(args)
+        check_device(config)
     except ValueError as err:
         parser.error(str(err))
     # Imported late: torch/transformers/pygls take a while and `--help` should not wait for them.
@@ -48,7 +48,7 @@ def serve_main(argv: list[str]) -> int:
         ls.start_tcp(host or "127.0.0.1", int(port))
     else:
         ls.start_io()
-    return 0
+    return ls.close()
 
 
 if __name__ == "__main__":

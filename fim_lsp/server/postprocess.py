@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from .context import FimContext
 
 PAIRS = {")": "(", "]": "[", "}": "{", ">": "<"}
+# A byte-level tokenizer decodes the bytes of a character cut off at the token limit to U+FFFD.
+REPLACEMENT = "\ufffd"
 QUOTES = set("\"'`")
 
 
@@ -18,6 +20,11 @@ class Insert:
 def single_line_cut(text: str) -> str:
     # A leading newline means the model wants to start a new line; in single-line mode that is nothing.
     return text.split("\n", 1)[0]
+
+
+def whole_chars(text: str) -> str:
+    """Drop a trailing partial character: the generator stopped between its bytes."""
+    return text.rstrip(REPLACEMENT)
 
 
 def overlap(text: str, follow: str) -> int:
@@ -68,9 +75,9 @@ def covered_closers(text: str, after: str) -> int:
 
 
 def postprocess(raw: str, ctx: FimContext, single_line: bool) -> Insert | None:
-    """Single-line cut, drop suffix repeats, trim trailing whitespace, cover auto-closed characters,
-    convert to the document's line endings. None when nothing useful is left."""
-    text = raw.replace("\r\n", "\n")
+    """Drop a cut character, single-line cut, drop suffix repeats, trim trailing whitespace, cover
+    auto-closed characters, convert to the document's line endings. None when nothing useful is left."""
+    text = whole_chars(raw).replace("\r\n", "\n")
     if single_line:
         text = single_line_cut(text)
     code_after = ctx.single_line  # real code after the cursor, not just closers

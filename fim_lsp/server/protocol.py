@@ -1,12 +1,16 @@
-"""pygls protocol with one fix: a request whose params do not match the LSP schema gets an
-InvalidParams error response. Stock pygls logs the failure and never answers, which leaves the
-client waiting forever."""
+"""pygls protocol with the LSP rules stock pygls leaves out:
+
+- a request whose params do not match the LSP schema gets an InvalidParams error response (stock
+  pygls logs the failure and never answers, which leaves the client waiting forever);
+- a request after `shutdown` gets an InvalidRequest error (stock pygls drops it: the same wait);
+- after `exit` nothing is written (stdout is closed; a late answer would print a traceback)."""
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest
 from pygls.protocol import LanguageServerProtocol
 
 log = logging.getLogger("fim_lsp.server")
@@ -22,6 +26,12 @@ REJECTED = _Rejected()
 
 
 class FimProtocol(LanguageServerProtocol):
+    closed = False  # set by the exit handler, before pygls closes stdout
+
+    @property
+    def shut_down(self) -> bool:
+        return bool(self._shutdown)
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
             return super().structure_message(data)
@@ -37,4 +47,13 @@ class FimProtocol(LanguageServerProtocol):
     def handle_message(self, message: Any) -> None:
         if message is REJECTED:
             return
+        method = getattr(message, "method", None)
+        if self._shutdown and method not in (None, types.EXIT) and hasattr(message, "id"):
+            error = JsonRpcInvalidRequest(f"{method} after shutdown: the server only accepts exit now")
+            self._send_response(message.id, error=error.to_response_error())
+            return
         super().handle_message(message)
+
+    def _send_data(self, data: Any) -> None:
+        if not self.closed:
+            super()._send_data(data)

@@ -8,6 +8,8 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
+import uuid
 from typing import Any, Awaitable, Callable, TypeVar
 
 from lsprotocol import types
@@ -16,11 +18,10 @@ from pygls.lsp.server import LanguageServer
 from ..engine.config import EngineConfig
 from ..engine.ensemble import MODEL_FIELDS, Engine
 from .cache import CompletionCache
-from .hover import candidates_json, candidates_markdown
 from .loader import ModelLoader
 from .logs import LspLogHandler, set_level, setup_logging
 from .protocol import FimProtocol
-from .service import CompletionService, Offer, accepted_args
+from .service import CompletionService, Document
 from .settings import ServerSettings, apply_settings
 from .stats import Stats
 from .worker import ModelWorker
@@ -28,10 +29,13 @@ from .worker import ModelWorker
 log = logging.getLogger("fim_lsp.server")
 VERSION = "0.1.0"
 CMD_SHOW, CMD_STATS, CMD_ACCEPTED = "fimLsp.showCandidates", "fimLsp.stats", "fimLsp.accepted"
+CLOSE_TIMEOUT_S = 10.0  # a model loop stops within one step; only a load in progress takes longer
 T = TypeVar("T")
 
 
 class FimLanguageServer(LanguageServer):
+    protocol: FimProtocol
+
     def __init__(self, config: EngineConfig, settings: ServerSettings, log_level: str = "info") -> None:
         super().__init__("fim-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=FimProtocol)
@@ -39,32 +43,34 @@ class FimLanguageServer(LanguageServer):
         self.engine = Engine(config, notify=lambda msg: log.warning("%s", msg))
         self.cache = CompletionCache(settings.cache_size)
         self.stats = Stats()
-        self.last: Offer | None = None
-        self.service = CompletionService(self)
-        self.loader = ModelLoader(self)
+        self.worker = ModelWorker()
+        self.loader = ModelLoader(self.engine, self.worker, self.notify, forget=lambda: self.service.forget())
+        self.service = CompletionService(self.engine, self.cache, self.stats, self.worker,
+                                         self.loader.wait_ready, self.loader.served)
         self.log_handler: LspLogHandler = setup_logging(log_level, self)
-        self._worker: ModelWorker | None = None
+        self.exit_code = 0  # 1 when the client sends `exit` without `shutdown` first (LSP rule)
         self._reported: set[str] = set()
 
-    @property
-    def worker(self) -> ModelWorker:
-        # Created lazily: it needs the running event loop, which exists only once serving starts.
-        if self._worker is None:
-            self._worker = ModelWorker(asyncio.get_running_loop())
-            self.log_handler.bind(asyncio.get_running_loop())
-        return self._worker
+    def notify(self, method: str, params: Any) -> None:
+        try:
+            self.protocol.notify(method, params)
+        except Exception:  # noqa: BLE001 - a closed pipe must not take a request down with it
+            log.debug("could not send %s", method, exc_info=True)
 
     def show_message(self, message: str, kind: types.MessageType = types.MessageType.Info) -> None:
-        try:
-            self.window_show_message(types.ShowMessageParams(type=kind, message=message))
-        except Exception:  # noqa: BLE001
-            log.debug("could not show a message", exc_info=True)
+        self.notify(types.WINDOW_SHOW_MESSAGE, types.ShowMessageParams(type=kind, message=message))
 
     def report_once(self, message: str) -> None:
         """A failure the user must hear about, once per distinct message (the log has every one)."""
         if message not in self._reported:
             self._reported.add(message)
             self.show_message(message, types.MessageType.Error)
+
+    def document(self, uri: str) -> Document | None:
+        doc = self.workspace.text_documents.get(uri)
+        if doc is None:
+            return None
+        return Document(doc.source, str(self.workspace.position_encoding or "utf-16"))
 
     def apply_settings(self, raw: Any, source: str) -> EngineConfig | None:
         """Take new settings; returns the new engine config when it differs from the current one."""
@@ -87,6 +93,38 @@ class FimLanguageServer(LanguageServer):
             self.cache.clear()
         return update.engine if update.engine != self.engine.config else None
 
+    async def load_models(self, new: EngineConfig | None = None) -> None:
+        """Load on the worker, with `$/progress` when the client supports it."""
+        token: str | None = None
+        window = self.client_capabilities.window
+        if window and window.work_done_progress:
+            token = f"fim-lsp-load-{uuid.uuid4().hex[:8]}"
+            try:
+                await self.work_done_progress.create_async(token)
+                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(
+                    title="fim-lsp: loading models", message=self.loader.describe(new or self.engine.config),
+                    cancellable=False))
+            except Exception:  # noqa: BLE001 - progress is decoration; loading goes on without it
+                log.debug("work done progress unavailable", exc_info=True)
+                token = None
+
+        def report(message: str) -> None:
+            if token is not None:
+                self.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
+
+        outcome = await self.loader.load(new, report)
+        if token is not None:  # every begun progress ends, or the editor shows a spinner forever
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=outcome))
+
+    def close(self) -> int:
+        """After serving ends (exit, or stdin closed): stop the model thread before the interpreter
+        exits, so no torch loop is torn down mid-step. Returns the process exit code."""
+        if not self.worker.close(CLOSE_TIMEOUT_S):
+            log.warning("the model thread did not stop in %.0f s; exiting without waiting", CLOSE_TIMEOUT_S)
+            logging.shutdown()
+            os._exit(self.exit_code)  # skips the interpreter teardown that would abort under torch
+        return self.exit_code
+
 
 def guarded(default: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Catch everything a handler raises: log it, count it, answer `default()`."""
@@ -108,8 +146,8 @@ def guarded(default: Callable[[], T]) -> Callable[[Callable[..., Awaitable[T]]],
 
 async def reconfigure_engine(ls: FimLanguageServer, new: EngineConfig) -> None:
     if any(getattr(new, f) != getattr(ls.engine.config, f) for f in MODEL_FIELDS) or not ls.engine.loaded:
-        await ls.loader.load(new)
+        await ls.load_models(new)
         return
     await ls.worker.submit(lambda _cancel: ls.engine.reconfigure(new)).future
-    ls.cache.clear()
+    ls.service.forget()
     log.info("engine settings changed; models kept")

@@ -1,23 +1,35 @@
 """One completion request, end to end: context -> cache -> (debounce, wait for models) -> worker ->
-post-process -> items. The feature handlers in server.py are thin wrappers over `complete`."""
+post-process -> items. The feature handlers are thin wrappers over `complete`.
+
+The service gets the narrow things it uses (engine, cache, stats, worker and two callbacks), never the
+server: server -> service -> engine, no arrow back."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Awaitable, Callable
 
+from ..engine.ensemble import Engine
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
-from .context import FimContext, clip_tokens, extract, single_line_mode
+from .cache import CompletionCache
+from .context import FimContext, clip_tokens, extract, split_lines, single_line_mode
 from .postprocess import Insert, postprocess
-from .worker import CANCELLED, SUPERSEDED, Job
-
-if TYPE_CHECKING:
-    from .server import FimLanguageServer
+from .settings import ServerSettings
+from .stats import Stats
+from .worker import CANCELLED, SUPERSEDED, Job, ModelWorker
 
 log = logging.getLogger("fim_lsp.server")
 MAX_DOCUMENT_CHARS = 20_000_000  # beyond this the editor is not sending code; skip rather than stall
+WaitReady = Callable[[float], Awaitable[bool]]  # seconds -> did a load attempt finish in time
+OnServed = Callable[[float, bool], None]  # (latency ms, from cache), after every answer that ran this far
+
+
+@dataclass
+class Document:
+    text: str
+    encoding: str  # the negotiated position encoding
 
 
 @dataclass
@@ -53,37 +65,42 @@ def distinct_inserts(completion: Completion, ctx: FimContext, single_line: bool)
 
 
 class CompletionService:
-    def __init__(self, ls: "FimLanguageServer") -> None:
-        self.ls = ls
+    def __init__(self, engine: Engine, cache: CompletionCache, stats: Stats, worker: ModelWorker,
+                 wait_ready: WaitReady, on_served: OnServed) -> None:
+        self.engine, self.cache, self.stats, self.worker = engine, cache, stats, worker
+        self.wait_ready, self.on_served = wait_ready, on_served
+        self.last: Offer | None = None  # for hover and fimLsp.showCandidates
         self._seq: dict[str, int] = {}
         # Jobs in flight by context: a second request for the same context (VS Code asks for inline
         # and regular completions at once) joins the running job instead of superseding it.
         self._inflight: dict[tuple[str, str], Job] = {}
 
+    def forget(self) -> None:
+        """The engine changed: answers made by the old one are neither served nor shown any more."""
+        self.cache.clear()
+        self.last = None
+
     def _is_latest(self, uri: str, seq: int) -> bool:
         return self._seq.get(uri) == seq
 
-    async def complete(self, uri: str, line: int, character: int) -> Offer | None:
-        """None means "no completion" for any reason; every reason is counted in the stats."""
-        ls, stats = self.ls, self.ls.stats
+    async def complete(self, uri: str, line: int, character: int, doc: Document | None,
+                       settings: ServerSettings) -> Offer | None:
+        """None means "no completion" for any reason; every reason is counted in the stats.
+        `doc` is None when the editor never opened `uri`."""
+        stats = self.stats
         started = time.perf_counter()
         stats.requests += 1
         seq = self._seq.get(uri, 0) + 1
         self._seq[uri] = seq
-        settings = ls.settings
-        doc = ls.workspace.text_documents.get(uri)
-        if not settings.enabled or doc is None:
+        # A line past the end means the editor's text and ours differ: an item there would land elsewhere.
+        if (not settings.enabled or doc is None or len(doc.text) > MAX_DOCUMENT_CHARS
+                or line >= len(split_lines(doc.text))):
             stats.empty += 1
             return None
-        text = doc.source
-        if len(text) > MAX_DOCUMENT_CHARS:
-            stats.empty += 1
-            return None
-        encoding = str(ls.workspace.position_encoding or "utf-16")
-        ctx = extract(text, line, character, encoding, settings.prefix_lines, settings.suffix_lines)
+        ctx = extract(doc.text, line, character, doc.encoding, settings.prefix_lines, settings.suffix_lines)
         single = single_line_mode(ctx, settings.multiline)
 
-        hit = ls.cache.get(ctx.prefix, ctx.suffix)
+        hit = self.cache.get(ctx.prefix, ctx.suffix, uri=uri)
         if hit is not None:
             stats.cache_hits += 1
             stats.typed_through += bool(hit.typed)
@@ -95,18 +112,18 @@ class CompletionService:
                 stats.debounced += 1
                 stats.superseded += 1
                 return None
-        if not await ls.loader.wait_ready(settings.wait_for_models_ms / 1000):
+        if not await self.wait_ready(settings.wait_for_models_ms / 1000):
             stats.not_ready += 1
             stats.empty += 1
             return None
         if not self._is_latest(uri, seq):
             stats.superseded += 1
             return None
-        if not ls.engine.available:
+        if not self.engine.available:
             stats.empty += 1
             return None
 
-        job = self._job_for(uri, ctx, single)
+        job = self._job_for(uri, ctx, settings, single)
         job.waiters += 1
         try:
             # shielded: one waiter's $/cancelRequest must not cancel a job that others still await
@@ -125,30 +142,31 @@ class CompletionService:
                 job.cancel(CANCELLED)
             stats.cancelled += 1
             return None
-        ls.cache.put(ctx.prefix, ctx.suffix, completion)
+        self.cache.put(ctx.prefix, ctx.suffix, completion, uri=uri)
         return self._offer(uri, line, character, ctx, completion, single, False, started)
 
-    def _job_for(self, uri: str, ctx: FimContext, single: bool) -> Job:
+    def _job_for(self, uri: str, ctx: FimContext, settings: ServerSettings, single: bool) -> Job:
         key = (ctx.prefix, ctx.suffix)
         job = self._inflight.get(key)
         if job is not None and not job.cancelled() and not job.future.done():
-            self.ls.stats.joined += 1
+            self.stats.joined += 1
             return job
-        job = self.ls.worker.submit(lambda cancel: self._run_engine(ctx, single, cancel), key=uri)
+        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, single, cancel), key=uri)
         self._inflight[key] = job
         job.future.add_done_callback(lambda _f: self._inflight.pop(key, None) if self._inflight.get(key) is job else None)
         return job
 
-    def _run_engine(self, ctx: FimContext, single: bool, cancel: CancelCheck) -> Completion:
+    def _run_engine(self, ctx: FimContext, settings: ServerSettings, single: bool,
+                    cancel: CancelCheck) -> Completion:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
-        ls, stats, settings = self.ls, self.ls.stats, self.ls.settings
-        tok = ls.engine.tokenizer
+        stats, engine = self.stats, self.engine
+        tok = engine.tokenizer
         prefix = clip_tokens(tok, ctx.prefix, settings.max_prefix_tokens, keep_end=True) if tok else ctx.prefix
         suffix = clip_tokens(tok, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if tok else ctx.suffix
         stats.model_runs += 1
         try:
             # single-line: the engine stops Qwen at the line's end instead of writing lines we cut
-            completion = ls.engine.complete(prefix, suffix, cancel=cancel, single_line=single)
+            completion = engine.complete(prefix, suffix, cancel=cancel, single_line=single)
         except Cancelled:
             stats.interrupted_loops += 1
             raise
@@ -157,15 +175,15 @@ class CompletionService:
 
     def _offer(self, uri: str, line: int, character: int, ctx: FimContext, completion: Completion,
                single: bool, from_cache: bool, started: float) -> Offer | None:
-        ls, stats = self.ls, self.ls.stats
+        stats = self.stats
         latency = (time.perf_counter() - started) * 1000
         inserts = distinct_inserts(completion, ctx, single)
         offer = Offer(uri, line, character, ctx, completion, inserts, from_cache, latency)
-        ls.last = offer
+        self.last = offer
         log.debug("%s:%d:%d %s in %.0f ms, winner %s, %d item(s)", uri, line, character,
                   "cache" if from_cache else "models", latency,
                   completion.winner.model if completion.winner else "-", len(inserts))
-        ls.loader.send_status("ready", "served" + (" from cache" if from_cache else ""), latency)
+        self.on_served(latency, from_cache)
         if not inserts:
             stats.empty += 1
             return None

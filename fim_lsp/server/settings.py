@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..engine.config import EngineConfig, camel, config_from_settings, snake
+from ..engine.loading import ModelLoadError, _cached, _explain, _is_local, resolve_device, resolve_dtype
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
+# Where the server's engine defaults differ from the dataclass's: typing needs the fast path; the eval
+# and the one-shot CLI keep the exact reference path. The CLI parser and the settings table read this.
+SERVER_ENGINE_DEFAULTS: dict[str, Any] = {"profile": "editor"}
+# Each model key, and the `models` values that load it.
+MODEL_KEYS = (("ar_model", ("both", "qwen")), ("dllm_model", ("both", "dllm")),
+              ("scorer_model", ("both", "qwen", "dllm")))
 
 
 @dataclass
@@ -99,23 +109,73 @@ def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig) -> Se
             update.server = candidate
         elif key in ENGINE_KEYS:
             try:
-                update.engine = config_from_settings({key: value}, update.engine)
+                candidate_engine = config_from_settings({key: value}, update.engine)
+                check_engine(candidate_engine, update.engine)
             except (ValueError, TypeError) as err:
                 update.errors.append(f"fimLsp.{key}: {err}")
+                continue
+            update.engine = candidate_engine
         else:
             update.unknown.append(key)
     return update
 
 
-def all_defaults() -> dict[str, Any]:
-    """Every key with its default for the server (its CLI defaults), camelCase, as the README documents them."""
-    from ..engine.config import config_from_args
-    from .main import build_parser
+def check_engine(new: EngineConfig, old: EngineConfig | None = None) -> None:
+    """What EngineConfig.validate cannot see: that the device and dtype exist here and that each model
+    to load resolves. Only what changes from `old` is checked (a model also when `models` starts to
+    need it), so an unchanged key never blocks another. Raises ValueError naming the key."""
+    def changed(name: str) -> bool:
+        return old is None or getattr(new, name) != getattr(old, name)
 
-    engine = config_from_args(build_parser().parse_args([]))
+    new.validate()
+    if changed("device") or changed("dtype"):
+        check_device(new)
+    for name, needed_by in MODEL_KEYS:
+        value = getattr(new, name)
+        newly_needed = old is None or old.models not in needed_by
+        if value is not None and new.models in needed_by and (changed(name) or newly_needed):
+            try:
+                resolve_model(value, name.split("_")[0])
+            except ModelLoadError as err:
+                raise ValueError(str(err)) from None
+
+
+def check_device(config: EngineConfig) -> None:
+    """Raise ValueError unless `device` names a device this torch can use, with a usable `dtype`."""
+    try:
+        device = resolve_device(config.device)
+    except RuntimeError:
+        raise ValueError(f"device {config.device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    usable = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if not usable.get(device.type, lambda: True)():
+        raise ValueError(f"device {config.device!r}: this machine's torch cannot use {device.type}")
+    resolve_dtype(config.dtype, device)
+
+
+def resolve_model(name: str, role: str) -> None:
+    """Raise ModelLoadError unless `name` can be loaded: a local directory holding config.json, or a
+    well-formed Hub id that is in the cache when offline (online, an uncached id downloads at load)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if _is_local(name):
+        if not (Path(name).expanduser() / "config.json").is_file():
+            raise ModelLoadError(_explain(name, role, FileNotFoundError("no config.json there")))
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise ModelLoadError(_explain(name, role, err)) from None
+    if constants.HF_HUB_OFFLINE and not _cached(name):
+        raise ModelLoadError(_explain(name, role, FileNotFoundError("not in the cache")))
+
+
+def all_defaults() -> dict[str, Any]:
+    """Every key with its default for the server, camelCase, as the README documents them."""
+    engine = dataclasses.replace(EngineConfig(), **SERVER_ENGINE_DEFAULTS)
     out = {camel(f.name): getattr(engine, f.name) for f in dataclasses.fields(EngineConfig)}
     out.update({camel(f.name): getattr(ServerSettings(), f.name) for f in dataclasses.fields(ServerSettings)})
     return out
 
 
-__all__ = ["ServerSettings", "SettingsUpdate", "apply_settings", "unwrap", "all_defaults", "snake"]
+__all__ = ["ServerSettings", "SettingsUpdate", "apply_settings", "check_engine", "unwrap", "all_defaults", "snake"]

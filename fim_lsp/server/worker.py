@@ -59,16 +59,22 @@ class Job:
 
 
 class ModelWorker:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # The loop may not exist yet (the server is built before it serves): the first submit binds it.
         self.loop = loop
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._latest: dict[str, Job] = {}
+        self._current: Job | None = None
+        self._closed = False
         self.busy = False
         self._thread = threading.Thread(target=self._run, name="fim-lsp-model", daemon=True)
-        self._thread.start()
 
     def submit(self, fn: Callable[[CancelCheck], Any], key: str | None = None) -> Job:
         """Event loop thread only. `fn` gets the cancel check to hand to the engine."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        if self._thread.ident is None:
+            self._thread.start()
         job = Job(fn, key, self.loop)
         if key is not None:
             old = self._latest.get(key)
@@ -94,14 +100,27 @@ class ModelWorker:
             job.cancel(CANCELLED)
         self._queue.put(None)
 
+    def close(self, timeout: float) -> bool:
+        """Any thread, once the event loop is gone: flag every job to stop, then wait for the thread.
+        A model loop still inside torch when the interpreter exits aborts the process (SIGABRT), so
+        the caller exits only after this. False when the thread outlived `timeout` (e.g. mid-load)."""
+        self._closed = True
+        for job in [*self._latest.values(), self._current]:
+            if job is not None:
+                job.flag.set()
+        self._queue.put(None)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _run(self) -> None:
         while True:
             job = self._queue.get()
-            if job is None:
+            if job is None or self._closed:
                 return
             if job.cancelled():
                 continue  # superseded while queued: never touches the model
-            self.busy = True
+            self.busy, self._current = True, job
             try:
                 value, ok = job.fn(job.flag.is_set), True
             except BaseException as err:  # noqa: BLE001 - the worker must outlive any job
@@ -109,7 +128,7 @@ class ModelWorker:
                 log.debug("model job ended with %r", err)
                 value, ok = err, False
             finally:
-                self.busy = False
+                self.busy, self._current = False, None
             try:
                 self.loop.call_soon_threadsafe(job._finish, ok, value)
             except RuntimeError:
