@@ -245,3 +245,17 @@ def test_engine_compile_on_matches_compile_off(tiny_models):
     for a, b in zip(static.complete_batch(reqs), eager.complete_batch(reqs)):
         assert [(c.model, c.text) for c in a.candidates] == [(c.model, c.text) for c in b.candidates]
         assert [c.perplexity for c in a.candidates] == pytest.approx([c.perplexity for c in b.candidates], rel=1e-4)
+
+
+def test_a_budget_inside_a_character_keeps_whole_characters(tiny_models, tmp_path):
+    """A forced model writes "xé" over and over; "é" is two byte tokens, so an odd budget stops between
+    them. Both paths drop the partial character from the text and the ids, and its log-prob."""
+    cycle = write_forced(tiny_models / "ar", tmp_path, line="xé")
+    assert len(cycle) == 3  # x, and é's two bytes
+    lm = load_model(str(tmp_path), "ar", CPU, torch.float32)
+    params = ArParams(temperature=0.0, max_new_tokens=5)
+    eager = generate_fim(lm, [("a", "b")], params)[0]
+    static, _ = StaticGenerator(lm).generate([("a", "b")], params)
+    for gen in (eager, static[0]):
+        assert gen.text == "xéx" and gen.token_ids == cycle + cycle[:1]
+        assert len(gen.logprobs) == 4 and gen.end_logprob is None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .line_stop import LineStop
-from .loading import LoadedModel, cache_kwarg, encode, output_cache, special_id
+from .loading import LoadedModel, cache_kwarg, decode_whole, encode, output_cache, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
 
@@ -144,10 +144,12 @@ def generate_fim_keep_prompt(
             attn = torch.cat([attn, (~done).long()[:, None]], dim=1)
             positions = positions[:, -1:] + 1
     seconds = (time.perf_counter() - start) / len(prompts)
-    gens = [Generation(model="qwen", text=tok.decode(o, skip_special_tokens=True), token_ids=o,
-                       forward_passes=passes, seconds=seconds, logprobs=lp_row, end_logprob=end,
-                       prefill_seconds=prefill_seconds)
-            for o, lp_row, end in zip(out, logprobs, end_logprob)]
+    gens = []
+    for o, lp_row, end in zip(out, logprobs, end_logprob):
+        kept, text = decode_whole(tok, o)
+        gens.append(Generation(model="qwen", text=text, token_ids=kept, forward_passes=passes, seconds=seconds,
+                               logprobs=lp_row[: len(kept)], end_logprob=end if kept == o else None,
+                               prefill_seconds=prefill_seconds))
     for layer in cache.layers:  # back to the prompts alone
         layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
     return gens, PromptState(cache=cache, attn=prompt_attn, first_logprobs=first)

@@ -14,7 +14,7 @@ import torch
 from .ar_fim import ArParams, PromptState, RowLimits, fim_ids, stop_ids
 from .graphs import GraphCache
 from .line_stop import LineStop
-from .loading import LoadedModel, encode, special_id
+from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation, Score
 from .sampling import sample_with_noise
 from .scorer import score_from_logprobs
@@ -157,10 +157,11 @@ class StaticGenerator:
         seconds = (time.perf_counter() - start) / batch
         gens = []
         for row in range(batch):
-            ids_row = toks[row][: counts[row]]
+            ids_row, text = decode_whole(tok, toks[row][: counts[row]])
             end = None if ends[row] != ends[row] else ends[row]  # NaN: stopped by a budget or a newline
-            gens.append(Generation(model="qwen", text=tok.decode(ids_row, skip_special_tokens=True), token_ids=ids_row,
-                                   forward_passes=passes, seconds=seconds, logprobs=lps[row][: counts[row]],
+            end = end if len(ids_row) == counts[row] else None
+            gens.append(Generation(model="qwen", text=text, token_ids=ids_row,
+                                   forward_passes=passes, seconds=seconds, logprobs=lps[row][: len(ids_row)],
                                    end_logprob=end, prefill_seconds=prefill_seconds or seconds * batch))
         return gens, PromptState(cache=cache, attn=valid, first_logprobs=first)
 

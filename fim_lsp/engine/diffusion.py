@@ -14,7 +14,7 @@ import torch
 
 from .dual_cache import dual_cache_logits
 from .graphs import GraphCache
-from .loading import LoadedModel, encode, special_id
+from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
 
@@ -231,7 +231,7 @@ def diffusion_infill(
         hole = result.tokens[b, lo:hi].tolist()
         # The first end token closes the hole: the model chose a shorter middle.
         cut = next((j for j, t in enumerate(hole) if t in ends), len(hole))
-        ids = hole[:cut]
-        out.append(Generation(model="dllm", text=tok.decode(ids, skip_special_tokens=True), token_ids=ids,
+        ids, text = decode_whole(tok, hole[:cut])
+        out.append(Generation(model="dllm", text=text, token_ids=ids,
                               forward_passes=result.passes[b], seconds=seconds, hole_length=hi - lo))
     return out

@@ -141,3 +141,14 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def decode_whole(tokenizer: Any, ids: list[int]) -> tuple[list[int], str]:
+    """(ids, text) with trailing tokens dropped while they end inside a multi-byte character: a
+    generation cut by its budget can stop between the bytes of one character, and a candidate's text,
+    tokens and perplexity must describe the same whole characters."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    while ids and text.endswith("\ufffd"):
+        ids = ids[:-1]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+    return ids, text
