@@ -27,10 +27,12 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from . import cgroups
 
@@ -66,7 +68,7 @@ class Limits:
 
 @dataclass
 class ExecResult:
-    status: str  # passed, failed, timeout, exited early, error (the sandbox itself did not start)
+    status: str  # passed, failed, timeout, exited early, error (the sandbox did not start), cancelled
     returncode: int | None
     seconds: float
     stdout: str
@@ -116,11 +118,13 @@ _held_locks: list[int] = []
 @lru_cache(maxsize=1)
 def _uid_block() -> int:
     """Claim a block of uids and work dirs for this process (an flock held until it exits), so two
-    evals on one machine never share a uid. Whatever a killed eval left in the block is cleared."""
+    evals on one machine never share a uid. Every block nobody holds is cleared on the way: its
+    owner is dead (a lock dies with its process), so whatever it left behind goes."""
     import fcntl
 
     locks = state_dir() / "locks"
     locks.mkdir(mode=0o700, exist_ok=True)
+    mine, free = None, []
     for block in range(MAX_BLOCKS):
         fd = os.open(locks / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -128,26 +132,35 @@ def _uid_block() -> int:
         except BlockingIOError:
             os.close(fd)
             continue
-        _held_locks.append(fd)  # kept open for the life of the process
-        _clear_block(block)
-        return block
-    raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+        free.append((block, fd))
+        if mine is None:
+            mine = block
+            _held_locks.append(fd)  # kept open for the life of the process
+    if mine is None:
+        raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+    _clear_blocks([b for b, _ in free])
+    for block, fd in free:
+        if block != mine:
+            os.close(fd)
+    return mine
 
 
-def _clear_block(block: int) -> None:
-    """The block's previous owner is dead (it held the lock otherwise): kill its programs if any
-    survived, remove its cgroups and its temp dirs."""
+def _clear_blocks(blocks: list[int]) -> None:
+    """Kill programs of these blocks that survived their eval, remove their cgroups and work dirs."""
     if os.geteuid() == 0:
-        first = BASE_UID + block * SLOTS_PER_PROCESS
+        uids = {BASE_UID + b * SLOTS_PER_PROCESS + s for b in blocks for s in range(SLOTS_PER_PROCESS)}
         for _ in range(20):
-            pids = [pid for pid, uid in _processes() if first <= uid < first + SLOTS_PER_PROCESS]
+            pids = [pid for pid, uid in _processes() if uid in uids]
             if not pids:
                 break
             for pid in pids:
                 _kill(pid)
             time.sleep(0.05)
-        cgroups.remove_block(block)
-    shutil.rmtree(_work_root(block), ignore_errors=True)
+        for b in blocks:
+            cgroups.remove_block(b)
+    for b in blocks:
+        if _work_root(b).exists():
+            shutil.rmtree(_work_root(b), ignore_errors=True)
 
 
 def _processes() -> list[tuple[int, int]]:
@@ -195,22 +208,24 @@ def _kill_uid(uid: int) -> None:
 
 
 def run_program(argv: list[str], files: dict[str, str], limits: Limits | None = None, slot: int = 0,
-                extra_env: dict[str, str] | None = None, expect: bytes | None = None) -> ExecResult:
+                extra_env: dict[str, str] | None = None, expect: bytes | None = None,
+                cancel: threading.Event | None = None) -> ExecResult:
     """Write ``files`` into a fresh work dir and run ``argv`` there under the limits. With ``expect``,
     a pass also needs those bytes on fd 3 (see the module doc).
 
     ``slot`` picks the worker uid; concurrent calls must use different slots (SlotPool does that).
+    ``cancel`` set: the program is killed at once and the result is ``cancelled``.
     """
     limits = limits or Limits()
     for _ in range(START_TRIES):
-        res = _run_once(argv, files, limits, slot, extra_env, expect, isolation())
+        res = _run_once(argv, files, limits, slot, extra_env, expect, isolation(), cancel)
         if res.status != "error":
             break
     return res
 
 
-def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
-              extra_env: dict[str, str] | None, expect: bytes | None, mode: str) -> ExecResult:
+def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int, extra_env: dict[str, str] | None,
+              expect: bytes | None, mode: str, cancel: threading.Event | None = None) -> ExecResult:
     uid = slot_uid(slot) if mode != "rlimits" else None
     root = _work_root(_uid_block())
     root.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -239,13 +254,16 @@ def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
         finally:
             os.close(chan_w)
         with os.fdopen(chan_r, "rb", buffering=0) as chan:
-            out, err, got, timed_out = _collect(proc, chan, limits, lambda: _clean_up(proc, uid if mode == "uid" else None, groups))
+            out, err, got, stop = _collect(proc, chan, limits, cancel,
+                                           lambda: _clean_up(proc, uid if mode == "uid" else None, groups))
         seconds = time.monotonic() - start
-        rc = None if timed_out else proc.returncode
-        if not got.startswith(STARTED):
+        rc = None if stop else proc.returncode
+        if stop == "cancelled":
+            status = stop
+        elif not got.startswith(STARTED):
             status = "error"
-        elif timed_out:
-            status = "timeout"
+        elif stop:
+            status = stop
         elif rc != 0:
             status = "failed"
         else:
@@ -255,14 +273,17 @@ def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _collect(proc: subprocess.Popen[bytes], chan, limits: Limits, clean_up) -> tuple[bytes, bytes, bytes, bool]:
+def _collect(proc: subprocess.Popen[bytes], chan: BinaryIO, limits: Limits, cancel: threading.Event | None,
+             clean_up: Callable[[], None]) -> tuple[bytes, bytes, bytes, str | None]:
     """Read stdout, stderr (their last ``output_limit`` bytes) and the channel (its first bytes)
-    until every writer is gone or the timeout. When the program exits first, whatever it left behind
-    is killed (clean_up) so that the pipes close."""
+    until every writer is gone, the timeout, or ``cancel``; the last two are returned as the reason
+    ("timeout", "cancelled"). When the program exits first, whatever it left behind is killed
+    (clean_up) so that the pipes close."""
     caps = {proc.stdout: limits.output_limit, proc.stderr: limits.output_limit, chan: CHANNEL_LIMIT}
     bufs = {f: bytearray() for f in caps}
     deadline = time.monotonic() + limits.timeout
-    timed_out = cleaned = False
+    stop: str | None = None
+    cleaned = False
     with selectors.DefaultSelector() as sel:
         for f in caps:
             sel.register(f, selectors.EVENT_READ)
@@ -272,8 +293,11 @@ def _collect(proc: subprocess.Popen[bytes], chan, limits: Limits, clean_up) -> t
                 cleaned = True
                 deadline = min(deadline, time.monotonic() + 2.0)  # grace to drain what is left
             left = deadline - time.monotonic()
+            if cancel is not None and cancel.is_set():
+                stop = "cancelled"
+                break
             if left <= 0:
-                timed_out = not cleaned
+                stop = None if cleaned else "timeout"
                 break
             for key, _ in sel.select(min(left, 0.05)):
                 data = os.read(key.fd, 65536)
@@ -292,7 +316,7 @@ def _collect(proc: subprocess.Popen[bytes], chan, limits: Limits, clean_up) -> t
     proc.stdout.close()
     proc.stderr.close()
     return (bytes(bufs[proc.stdout][-limits.output_limit:]), bytes(bufs[proc.stderr][-limits.output_limit:]),
-            bytes(bufs[chan]), timed_out)
+            bytes(bufs[chan]), stop)
 
 
 def _clean_up(proc: subprocess.Popen[bytes], uid: int | None, groups: list[Path]) -> None:
@@ -315,14 +339,26 @@ class SlotPool:
 
     def __init__(self, n: int) -> None:
         self._q: queue.Queue[int] = queue.Queue()
+        self._cancel = threading.Event()
         for i in range(n):
             self._q.put(i)
+
+    def cancel(self) -> None:
+        """Kill every run in flight and refuse new ones (Ctrl-C)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
     def run(self, argv: list[str], files: dict[str, str], limits: Limits | None = None,
             extra_env: dict[str, str] | None = None, expect: bytes | None = None) -> ExecResult:
         slot = self._q.get()
         try:
-            return run_program(argv, files, limits, slot=slot, extra_env=extra_env, expect=expect)
+            if self.cancelled:
+                return ExecResult("cancelled", None, 0.0, "", "")
+            return run_program(argv, files, limits, slot=slot, extra_env=extra_env, expect=expect,
+                               cancel=self._cancel)
         finally:
             self._q.put(slot)
 
