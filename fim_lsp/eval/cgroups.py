@@ -70,9 +70,13 @@ def _write_limits(dirs: list[Path], kind: str, memory: int, pids: int) -> None:
             (d / "memory.swap.max").write_text("0")
             (d / "pids.max").write_text(str(pids))
         elif (d / "memory.limit_in_bytes").exists():
-            (d / "memory.limit_in_bytes").write_text(str(memory))
+            files = [d / "memory.limit_in_bytes"]
             if (d / "memory.memsw.limit_in_bytes").exists():  # swap accounting on: no swap either
-                (d / "memory.memsw.limit_in_bytes").write_text(str(memory))
+                # memory must stay <= memory+swap at every step: raise the latter first, lower it last
+                grow = memory > int(files[0].read_text())
+                files = [d / "memory.memsw.limit_in_bytes", *files] if grow else [*files, d / "memory.memsw.limit_in_bytes"]
+            for f in files:
+                f.write_text(str(memory))
         else:
             (d / "pids.max").write_text(str(pids))
 

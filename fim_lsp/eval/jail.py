@@ -97,9 +97,7 @@ def private_mounts(work: str, inside: str) -> None:
 def find_program(name: str) -> str:
     """PATH lookup now, as root: after the uid drop the helper's own stdlib (os.execvp imports more)
     may be unreadable."""
-    if "/" in name:
-        return name
-    for d in os.environ.get("PATH", "").split(":"):
+    for d in ([""] if "/" in name else os.environ.get("PATH", "").split(":")):
         if os.access(os.path.join(d, name), os.X_OK):
             return os.path.join(d, name)
     raise FileNotFoundError(f"{name} not found on PATH")

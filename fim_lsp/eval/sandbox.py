@@ -36,7 +36,9 @@ from typing import BinaryIO, Callable
 
 from . import cgroups
 
-BASE_UID = 61000  # uids from here up run the programs (no passwd entry needed)
+# uids from here up run the programs (no passwd entry needed); below 100000, where subordinate uid
+# ranges usually start, and disjoint from 61000-65095, which older versions locked under TMPDIR
+BASE_UID = 66000
 SLOTS_PER_PROCESS = 64  # each eval process owns a block of uids, one per worker slot
 MAX_BLOCKS = 64
 JAIL = Path(__file__).with_name("jail.py")
