@@ -37,7 +37,12 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             lines.append(f"- {k}: `{json.dumps(v) if not isinstance(v, str) else v}`")
     if meta.get("engine"):
         lines.append(f"- engine: `{json.dumps(meta['engine'], sort_keys=True)}`")
-    lines += [f"- records: {summary['records']} ({summary['tasks']} tasks)", ""]
+    lines.append(f"- records: {summary['records']} ({summary['tasks']} tasks)")
+    if "missing_tasks" in summary:
+        lines.append(f"- tasks missing from the predictions: {summary['missing_tasks']}")
+    if summary.get("bad_lines"):
+        lines.append(f"- input lines skipped: {len(summary['bad_lines'])} (`bad_lines` in summary.json)")
+    lines.append("")
     for lang, entry in summary["by_language"].items():
         lines += [f"## language: {lang} ({entry['tasks']} tasks)", ""]
         if entry.get("judge_status"):
