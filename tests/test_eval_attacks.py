@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -320,3 +321,25 @@ def test_a_judging_error_marks_the_task_and_the_run_goes_on(tmp_path: Path) -> N
     assert by_id["attack/broken"]["status"] == "error" and by_id["attack/broken"]["passed"] is False
     assert "KeyError" in by_id["attack/broken"]["detail"]
     assert by_id["attack/0"]["status"] == by_id["attack/1"]["status"] == "passed"
+
+
+AS_NOBODY = """
+from fim_lsp.eval import sandbox as s
+py = [s.python_executable(), "-I", "prog.py"]
+print(s.isolation())
+print(s.run_program(py, {"prog.py": "import os; os.write(3, b'N')"}, expect=b"N").status)
+print(s.run_program(py, {"prog.py": "raise SystemExit(0)"}, expect=b"N").status)
+print(s.run_program(py, {"prog.py": "import ctypes; l = ctypes.CDLL(None, use_errno=True); "
+                                    "print(l.unshare(0x10000000), ctypes.get_errno())"}).stdout.strip())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (shutil.which("setpriv") and os.path.exists("/usr/bin/python3")),
+                    reason="needs root to become an ordinary user (setpriv) and a system python3")
+def test_rlimits_mode_as_an_ordinary_user() -> None:
+    """The not-root mode, run as `nobody`: the nonce rule and the user-namespace filter hold there too
+    (the eval's package needs only the standard library for this part)."""
+    r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3",
+                        "-c", AS_NOBODY], cwd="/", env={"PYTHONPATH": str(ROOT), "HOME": "/", "PATH": os.environ["PATH"]},
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.split("\n")[:4] == ["rlimits", "passed", "exited early", "-1 1"], r.stdout + r.stderr

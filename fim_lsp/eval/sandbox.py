@@ -105,9 +105,18 @@ def python_executable() -> str:
     raise RuntimeError(f"no python3 that the sandbox uid can run ({sys.executable} is private to root)")
 
 
-@lru_cache(maxsize=1)
+# the first sandbox runs start in several judging threads at once: one of them probes and claims
+_setup = threading.RLock()
+
+
 def isolation() -> str:
     """'namespaces' (root, and a probe run in new namespaces passes), 'uid' (root), or 'rlimits'."""
+    with _setup:
+        return _isolation()
+
+
+@lru_cache(maxsize=1)
+def _isolation() -> str:
     if os.geteuid() != 0:
         return "rlimits"
     probe = _run_once(["/bin/sh", "-c", "exit 0"], {}, Limits(timeout=10), 0, None, None, "namespaces")
@@ -117,8 +126,13 @@ def isolation() -> str:
 _held_locks: list[int] = []
 
 
-@lru_cache(maxsize=1)
 def _uid_block() -> int:
+    with _setup:
+        return _claim_block()
+
+
+@lru_cache(maxsize=1)
+def _claim_block() -> int:
     """Claim a block of uids and work dirs for this process (an flock held until it exits), so two
     evals on one machine never share a uid. Every block nobody holds is cleared on the way: its
     owner is dead (a lock dies with its process), so whatever it left behind goes."""
