@@ -343,3 +343,19 @@ def test_rlimits_mode_as_an_ordinary_user() -> None:
                         "-c", AS_NOBODY], cwd="/", env={"PYTHONPATH": str(ROOT), "HOME": "/", "PATH": os.environ["PATH"]},
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.split("\n")[:4] == ["rlimits", "passed", "exited early", "-1 1"], r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="../shared/data is not present")
+@pytest.mark.parametrize("language,exit_call", [("js", "process.exit(0);"), ("java", "System.exit(0);")])
+def test_early_exit_in_js_and_java_is_not_a_pass(language: str, exit_call: str) -> None:
+    from fim_lsp.eval.data import SANTACODER, load_tasks, santacoder_first_body_line
+    from fim_lsp.eval.judge import tool_missing
+
+    if tool_missing(language):
+        pytest.skip(tool_missing(language))
+    tasks = load_tasks(SANTACODER, ROOT.parent / "shared" / "data", [language])
+    task = next(t for t in tasks if santacoder_first_body_line(t.raw))  # the hole opens the function body
+    pool = SlotPool(1)
+    j = judge(task, exit_call + task.middle, pool)  # an exit, then the right line: the tests never end
+    assert j.passed is False and j.status == "exited early", j
+    assert judge(task, task.middle, pool).passed
