@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fim_lsp.eval.cli import main
+from test_eval_run import comparable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -26,15 +27,6 @@ def run_args(tiny: Path, out: Path) -> list[str]:
             "--out", str(out), "--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu",
             "--steps", "2", "--max-new-tokens", "4", "--dllm-length", "oracle", "--workers", "1", "--batch-size", "1",
             "--no-progress"]
-
-
-def comparable(out: Path) -> dict:
-    s = json.loads((out / BENCH / "summary.json").read_text())
-    s.pop("meta", None)
-    for e in s["by_language"].values():
-        for k in ("task_seconds", "candidate_seconds"):
-            e.pop(k, None)
-    return s
 
 
 def records(out: Path) -> list[tuple[str, list[str]]]:
@@ -60,7 +52,7 @@ def test_torchrun_two_processes_merge_to_the_single_run(tiny_models: Path, singl
     assert sorted(p.name for p in (tmp_path / BENCH).glob("results.shard-*")) == \
         ["results.shard-0-of-2.jsonl", "results.shard-1-of-2.jsonl"]
     assert records(tmp_path) == records(single)
-    assert comparable(tmp_path) == comparable(single)
+    assert comparable(tmp_path / BENCH / "summary.json") == comparable(single / BENCH / "summary.json")
 
 
 def test_slurm_tasks_merge_to_the_single_run(tiny_models: Path, single: Path, tmp_path: Path) -> None:
@@ -75,4 +67,4 @@ def test_slurm_tasks_merge_to_the_single_run(tiny_models: Path, single: Path, tm
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
     assert sum("finished last: merging 2 shards" in o for o, _ in outs) == 1
     assert records(tmp_path) == records(single)
-    assert comparable(tmp_path) == comparable(single)
+    assert comparable(tmp_path / BENCH / "summary.json") == comparable(single / BENCH / "summary.json")
