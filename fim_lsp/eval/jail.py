@@ -1,18 +1,17 @@
-"""The sandbox's helper program: run as ``python -I -S jail.py CONFIG_JSON -- ARGV``, a fresh
+"""The sandbox's helper program: run as ``python -I -S jail.py KEY=VALUE... -- ARGV``, a fresh
 single-threaded process, it sets up the confinement and then execs ARGV. The harness never forks
 (it holds the models, a CUDA context and threads); only this helper does, for the PID namespace.
 
 Standard library only, and no import of fim_lsp: it runs under whatever interpreter the sandbox picks.
+It starts once per task, so it imports little (no json, re or signal: ~10 ms less per task).
 Protocol: fd 3 of the program is the harness's channel. This helper writes b"S" there just before the
 exec, so the harness can tell its own start-up failures (retry) from the program's (never retried).
 """
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import resource
-import signal
 import struct
 import sys
 
@@ -22,6 +21,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWN
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
 CHANNEL_FD = 3
+SIGKILL = 9
 # (audit arch, unshare, clone, clone3) syscall numbers: the filter only knows these two architectures
 ARCHES = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
 
@@ -103,6 +103,24 @@ def find_program(name: str) -> str:
     raise FileNotFoundError(f"{name} not found on PATH")
 
 
+def parse_config(items: list[str]) -> dict:
+    """KEY=VALUE items (built by sandbox._run_once): ints stay ints, lists are ':'-joined, '' is None."""
+    cfg: dict = {"rlimits": {}}
+    for item in items:
+        key, value = item.split("=", 1)
+        if key.startswith("RLIMIT_"):
+            cfg["rlimits"][key] = int(value)
+        elif key == "cgroups":
+            cfg[key] = value.split(":") if value else []
+        elif key in ("parent", "channel", "namespaces"):
+            cfg[key] = int(value)
+        elif key == "uid":
+            cfg[key] = int(value) if value else None
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def confine_and_exec(cfg: dict, argv: list[str]) -> None:
     exe = find_program(argv[0])
     if cfg["namespaces"]:
@@ -125,7 +143,7 @@ def confine_and_exec(cfg: dict, argv: list[str]) -> None:
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)  # drops every capability
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # again: a uid change clears it
+    prctl(PR_SET_PDEATHSIG, SIGKILL)  # again: a uid change clears it
     seccomp_no_user_namespaces()
     os.write(CHANNEL_FD, b"S")
     os.execv(exe, argv)
@@ -137,7 +155,7 @@ def kill_uid(uid: int) -> None:
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     try:
-        os.kill(-1, signal.SIGKILL)
+        os.kill(-1, SIGKILL)
     except ProcessLookupError:
         pass
 
@@ -146,10 +164,10 @@ def main() -> None:
     if sys.argv[1] == "--kill-uid":
         kill_uid(int(sys.argv[2]))
         return
-    cfg = json.loads(sys.argv[1])
-    argv = sys.argv[sys.argv.index("--") + 1:]
+    sep = sys.argv.index("--")
+    cfg, argv = parse_config(sys.argv[1:sep]), sys.argv[sep + 1:]
     try:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the harness's thread gone: this goes too
+        prctl(PR_SET_PDEATHSIG, SIGKILL)  # the harness's thread gone: this goes too
         if os.getppid() != cfg["parent"]:
             os._exit(125)  # the harness died before the line above
         if not cfg["namespaces"]:
@@ -160,6 +178,7 @@ def main() -> None:
             confine_and_exec(cfg, argv)  # PID 1 of the new namespace: when it dies, all of it dies
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
+            import signal
             signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
             os.kill(os.getpid(), os.WTERMSIG(status))
         os._exit(os.waitstatus_to_exitcode(status))

@@ -17,7 +17,6 @@ that only the harness reads (the wrapper emits them after the tests): an early e
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import selectors
@@ -217,9 +216,15 @@ def _rlimits(limits: Limits) -> dict[str, int]:
     return out
 
 
+def _jail() -> list[str]:
+    """The helper's command: the programs' interpreter when the eval's own is private to root (it
+    starts faster there than a venv's), no site, no user paths."""
+    return [python_executable(), "-I", "-S", str(JAIL)]
+
+
 def _kill_uid(uid: int) -> None:
     """Every process of a worker uid: kill(-1) from that uid, in the helper (never a fork here)."""
-    subprocess.run([sys.executable, "-I", "-S", str(JAIL), "--kill-uid", str(uid)], check=True,
+    subprocess.run([*_jail(), "--kill-uid", str(uid)], check=True,
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
 
 
@@ -260,11 +265,12 @@ def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
         groups = cgroups.slot_groups(f"{_uid_block()}-{slot}", limits.group_memory_mb, limits.processes) \
             if uid is not None else []
         chan_r, chan_w = os.pipe()
-        cfg = {"parent": os.getpid(), "namespaces": mode == "namespaces", "work": str(work), "inside": inside,
-               "uid": uid, "cgroups": [str(g) for g in groups], "rlimits": _rlimits(limits), "channel": chan_w}
+        cfg = {"parent": os.getpid(), "namespaces": int(mode == "namespaces"), "work": work, "inside": inside,
+               "uid": "" if uid is None else uid, "cgroups": ":".join(map(str, groups)), "channel": chan_w,
+               **_rlimits(limits)}
         start = time.monotonic()
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", str(JAIL), json.dumps(cfg), "--", *argv],
+            proc = subprocess.Popen([*_jail(), *(f"{k}={v}" for k, v in cfg.items()), "--", *argv],
                                     cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, pass_fds=(chan_w,), start_new_session=True)
         finally:
