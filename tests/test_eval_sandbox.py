@@ -162,5 +162,6 @@ def test_hostile_programs_do_not_disturb_ordinary_tasks() -> None:
     assert res["loop"].status == "timeout"
     assert res["memory"].status == "failed"
     assert res["flood"].status in ("failed", "timeout")
-    assert res["fork"].status in ("timeout", "failed") if os.geteuid() == 0 else True
+    # every mode: RLIMIT_NPROC binds any user but root, and as root the program runs under a worker uid
+    assert res["fork"].status in ("timeout", "failed")
     assert time.monotonic() - t0 < 30

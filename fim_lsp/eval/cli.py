@@ -11,10 +11,10 @@ from typing import Any
 
 from .data import BENCHMARKS, LANGUAGES, SANTACODER, SANTACODER_LAYOUTS, DataUnavailable, Task, load_tasks
 from .metrics import summarize
-from .report import write_reports
-from .runner import run_tasks, shard_tasks
+from .report import headline, write_reports
+from .runner import Interrupted, run_jobs, sample_jobs, shard_tasks
 from .sandbox import isolation
-from .store import RESULTS, check_run_info, merge, parse_shard, read_records, shard_name
+from .store import RESULTS, check_run_info, finish_shard, merge, parse_shard, read_records, shard_name
 from .systems import CanonicalSystem, EnsembleSystem
 
 
@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/eval", help="results go to OUT/<benchmark>/")
     run.add_argument("--limit", type=int, default=None, help="first N tasks only")
     run.add_argument("--samples", type=int, default=1, help="completions per task (pass@k when > 1)")
-    run.add_argument("--shard", default=None, help="i/n: this process runs every n-th task from i")
+    run.add_argument("--shard", default=None,
+                     help="i/n: this process runs every n-th task from i (default under torchrun or srun: "
+                          "RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS)")
     run.add_argument("--batch-size", type=int, default=1)
     run.add_argument("--preset", default=None, help="TOML file of option defaults (eval/seed.toml, eval/editor.toml)")
     _common(run)
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="judge a predictions file (task_id, completion per line)")
     score.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     score.add_argument("--predictions", required=True)
-    score.add_argument("--out", default=None, help="write results.jsonl, summary.json and report.md here")
+    score.add_argument("--out", required=True,
+                       help="results.jsonl (appended per task: a rerun resumes), summary.json and report.md")
     _common(score)
     mg = sub.add_parser("merge", help="join a run's shard files and write its reports")
     mg.add_argument("--out", required=True, help="a run folder (OUT/<benchmark>) or OUT holding several")
@@ -93,8 +96,30 @@ def _load(benchmark: str, args: argparse.Namespace) -> list[Task]:
         raise SystemExit(f"error: {err}") from None
 
 
+def launcher_rank() -> tuple[tuple[int, int] | None, int | None]:
+    """(shard, local rank) from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or Slurm's srun (SLURM_PROCID,
+    SLURM_NTASKS, SLURM_LOCALID); (None, None) for a single process."""
+    for rank, world, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if rank in os.environ and world in os.environ and int(os.environ[world]) > 1:
+            return (int(os.environ[rank]), int(os.environ[world])), int(os.environ.get(local, "0"))
+    return None, None
+
+
+def _rank_device(device: str, local_rank: int | None) -> str:
+    """One GPU per process on a node: cuda (or auto with a GPU) becomes cuda:<local rank>."""
+    if local_rank is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{local_rank % torch.cuda.device_count()}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    shard = parse_shard(args.shard)
+    shard, local_rank = launcher_rank()
+    if args.shard:
+        shard = parse_shard(args.shard)  # a hand-made split wins over the launcher's
+    args.device = _rank_device(args.device, local_rank)
     spec = args.dllm_length_spec
     if spec not in ("oracle", "auto") and not spec.isdigit():
         raise SystemExit(f"--dllm-length must be oracle, auto or an integer, got {spec!r}")
@@ -113,36 +138,31 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "limit": args.limit, "samples": args.samples, "santacoder_layout": args.santacoder_layout,
                 "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation()}
         check_run_info(out, info)
-        mine = shard_tasks(tasks, shard)
         path = out / shard_name(shard)
-        counts = run_tasks(mine, system, path, samples=args.samples, workers=args.workers,
-                           batch_size=args.batch_size, execute_tests=not args.no_exec, timeout=args.timeout,
-                           progress=not args.no_progress)
+        counts = run_jobs(sample_jobs(shard_tasks(tasks, shard), args.samples), system, path,
+                          workers=args.workers, batch_size=args.batch_size, execute_tests=not args.no_exec,
+                          timeout=args.timeout, progress=not args.no_progress)
         print(f"{b}: {counts['ran']} run now, {counts['skipped_finished']} already finished -> {path}")
         if shard is None or shard[1] == 1:
-            _finish(out, info)
+            _finish(out, info, tasks)
+        elif finish_shard(out, shard):
+            print(f"shard {shard[0]}/{shard[1]} finished last: merging {shard[1]} shards")
+            merge(out)
+            _finish(out, info, tasks)
         else:
-            print(f"shard {shard[0]}/{shard[1]} done; when every shard is, run: python -m fim_lsp.eval merge --out {out}")
+            print(f"shard {shard[0]}/{shard[1]} done; the last shard to finish merges "
+                  f"(or run: python -m fim_lsp.eval merge --out {out})")
     return 0
 
 
-def _finish(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+def _finish(out: Path, info: dict[str, Any], tasks: list[Task] | None = None) -> dict[str, Any]:
     records = read_records(out / RESULTS)
     summary = summarize(records, info["benchmark"])
     write_reports(out, summary, records, info)
-    _print_headline(summary)
+    for line in headline(summary, tasks, source="results"):
+        print(f"  {line}")
     print(f"report: {out / 'report.md'}")
     return summary
-
-
-def _print_headline(summary: dict[str, Any]) -> None:
-    for lang, e in summary["by_language"].items():
-        for metric, m in e["metrics"].items():
-            if m.get("skipped"):
-                print(f"  [{lang}] {metric}: skipped ({m['why']})")
-                continue
-            cells = ", ".join(f"{s} {v['correct']:g}/{v['samples']}" for s, v in m["systems"].items())
-            print(f"  [{lang}] {metric}: {cells}")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -175,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         raise
+    except Interrupted as stop:
+        print(f"\ninterrupted: {stop.saved} tasks judged and saved in this run, {stop.left} not judged; "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("\ninterrupted: finished tasks are saved; rerun the same command to resume", file=sys.stderr)
+        print("\ninterrupted before judging started: nothing new saved; rerun the same command to resume",
+              file=sys.stderr)
         return 130

@@ -2,6 +2,8 @@
 compute SantaCoder's exact-match rules. Every judgement names its rule."""
 from __future__ import annotations
 
+import re
+import secrets
 import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,7 +21,7 @@ JAVATUPLES_IMPORT = "import org.javatuples.*;"
 @dataclass
 class Judgement:
     passed: bool | None  # execution pass; None when not executed (tool missing)
-    status: str  # passed, failed, timeout, skipped
+    status: str  # passed, failed, timeout, exited early, error, skipped
     em_first_line: bool | None = None  # SantaCoder only
     em_strip: bool | None = None
     seconds: float = 0.0
@@ -82,6 +84,24 @@ def santacoder_program(task: Task, completion: str) -> tuple[str, str]:
     return "Problem.java", program
 
 
+def with_end_marker(name: str, program: str, nonce: str) -> str:
+    """The program, made to write ``nonce`` on fd 3 (the sandbox's channel) once the tests have run to
+    the end: an exit before that (status 0 or not) is never a pass."""
+    if name.endswith(".py"):
+        return program + f"\n__import__('os').write(3, b'{nonce}')\n"
+    if name.endswith(".js"):
+        return program + f"\nrequire('fs').writeSync(3, '{nonce}');\n"
+    # Java: the source launcher runs the file's first class, so a class placed before Problem runs its
+    # main() (the tests) and then writes the marker
+    runner = ("class FimEvalMain { public static void main(String[] a) throws Throwable { Problem.main(a); "
+              "try (var o = new java.io.FileOutputStream(\"/proc/self/fd/3\")) "
+              f"{{ o.write(\"{nonce}\".getBytes()); }} }} }}\n")
+    m = re.search(r"^(public\s+)?class\s+Problem\b", program, re.M)
+    if m is None:
+        raise ValueError("no class Problem in the Java program")
+    return program[:m.start()] + runner + program[m.start():]
+
+
 def tool_missing(language: str) -> str | None:
     need = {"py": None, "js": "node", "java": "java"}[language]
     if need and not shutil.which(need):
@@ -112,8 +132,12 @@ def execute(task: Task, completion: str, pool: SlotPool, timeout: float | None =
     else:
         # the single-file source launcher compiles with javac's compiler in memory: one JVM per task
         argv = ["java", *JAVA_FLAGS, name]
-    res = pool.run(argv, {name: program}, default_limits(task.language, timeout))
+    nonce = secrets.token_hex(16)
+    res = pool.run(argv, {name: with_end_marker(name, program, nonce)}, default_limits(task.language, timeout),
+                   expect=nonce.encode())
     detail = "" if res.passed else (res.stderr[-800:] or res.stdout[-800:])
+    if res.status == "exited early":
+        detail = f"exit status 0 before the tests ran to the end\n{detail}".rstrip()
     return Judgement(res.passed, res.status, seconds=res.seconds, detail=detail)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .data import Task  # noqa: E402
 from .metrics import MODELS, model_pick, outcome  # noqa: E402
 
 METRIC_TITLES = {
@@ -35,7 +37,12 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             lines.append(f"- {k}: `{json.dumps(v) if not isinstance(v, str) else v}`")
     if meta.get("engine"):
         lines.append(f"- engine: `{json.dumps(meta['engine'], sort_keys=True)}`")
-    lines += [f"- records: {summary['records']} ({summary['tasks']} tasks)", ""]
+    lines.append(f"- records: {summary['records']} ({summary['tasks']} tasks)")
+    if "missing_tasks" in summary:
+        lines.append(f"- tasks missing from the predictions: {summary['missing_tasks']}")
+    if summary.get("bad_lines"):
+        lines.append(f"- input lines skipped: {len(summary['bad_lines'])} (`bad_lines` in summary.json)")
+    lines.append("")
     for lang, entry in summary["by_language"].items():
         lines += [f"## language: {lang} ({entry['tasks']} tasks)", ""]
         if entry.get("judge_status"):
@@ -150,6 +157,39 @@ def plot(records: list[dict[str, Any]], summary: dict[str, Any], plots: Path, me
         plt.close(fig)
         made.append(name)
     return made
+
+
+def headline(summary: dict[str, Any], tasks: list[Task] | None, system: str | None = None,
+             source: str = "predictions") -> list[str]:
+    """One line per language, metric and system: pass@1 averaged per task, over how many of the
+    benchmark's tasks (the rest named as missing from ``source``; without ``tasks``, those with a
+    record), and samples when a task has several."""
+    if tasks is None:
+        totals = Counter({lang: e["tasks"] for lang, e in summary["by_language"].items()})
+    else:
+        totals = Counter(t.language for t in tasks)
+        if len(totals) > 1:
+            totals["all"] = len(tasks)
+    lines = []
+    for lang in sorted(totals):
+        e = summary["by_language"].get(lang)
+        if e is None:
+            lines.append(f"[{lang}] 0/{totals[lang]} tasks: all missing from the {source}")
+            continue
+        missing = totals[lang] - e["tasks"]
+        for metric, m in e["metrics"].items():
+            if m.get("skipped"):
+                lines.append(f"[{lang}] {metric}: skipped ({m['why']})")
+                continue
+            for name, s in m["systems"].items():
+                if system is not None and name != system:
+                    continue
+                samples = f"{s['correct']:g}/{s['samples']} samples correct"
+                if s["samples"] > s["tasks"]:
+                    samples += " (tasks with several lines: each line is one sample)"
+                lines.append(f"[{lang}] {metric} {name}: pass@1 {100 * s['pass@1']:.2f}% (averaged per task) on "
+                             f"{s['tasks']}/{totals[lang]} tasks ({missing} missing from the {source}); {samples}")
+    return lines
 
 
 def write_reports(out: Path, summary: dict[str, Any], records: list[dict[str, Any]], meta: dict[str, Any]) -> None:

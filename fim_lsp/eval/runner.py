@@ -1,4 +1,5 @@
-"""The run loop: generate, judge in a worker pool, append each finished task, resume, shard."""
+"""The run loop shared by `run` and `score`: generate, judge in a worker pool, append each finished
+task, resume, shard; Ctrl-C stops at once and says what was saved."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -10,8 +11,16 @@ from tqdm import tqdm
 from .data import Task
 from .judge import Judgement, judge
 from .sandbox import SlotPool
-from .store import Appender, read_records, record_key, shard_name
+from .store import Appender, read_records, record_key
 from .systems import Job, System
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, carrying how many tasks were saved before it."""
+
+    def __init__(self, saved: int, left: int) -> None:
+        super().__init__(f"{saved} tasks saved, {left} not judged")
+        self.saved, self.left = saved, left
 
 
 def shard_tasks(tasks: list[Task], shard: tuple[int, int] | None) -> list[Task]:
@@ -23,12 +32,16 @@ def shard_tasks(tasks: list[Task], shard: tuple[int, int] | None) -> list[Task]:
 
 def judge_candidates(task: Task, candidates: list[dict[str, Any]], pool: SlotPool, execute_tests: bool,
                      timeout: float | None) -> None:
-    """Judge each distinct text once: the models often agree, and the program is deterministic."""
+    """Judge each distinct text once: the models often agree, and the program is deterministic.
+    A judging error (the harness's, not the program's) marks that candidate ``error``: never the run."""
     cache: dict[str, Judgement] = {}
     for c in candidates:
         text = c["text"]
         if text not in cache:
-            cache[text] = judge(task, text, pool, execute_tests, timeout)
+            try:
+                cache[text] = judge(task, text, pool, execute_tests, timeout)
+            except Exception as exc:  # noqa: BLE001 - one task's harness failure must not end the run
+                cache[text] = Judgement(False, "error", detail=f"judging failed: {type(exc).__name__}: {exc}")
         c["judge"] = cache[text].to_dict()
 
 
@@ -43,51 +56,59 @@ def make_record(job: Job, gen: dict[str, Any], system: str) -> dict[str, Any]:
             "seconds": seconds}
 
 
-def run_tasks(tasks: list[Task], system: System, results_path: Path, *, samples: int = 1, workers: int = 4,
-              batch_size: int = 1, execute_tests: bool = True, timeout: float | None = None,
-              progress: bool = True) -> dict[str, int]:
-    """Run every (task, sample) not yet in ``results_path``. Returns counts: done before, run now."""
+def sample_jobs(tasks: list[Task], samples: int) -> list[Job]:
+    """Sample-major order: a batch never mixes sample indices (each sample has its own seed)."""
+    return [Job(t, s) for s in range(samples) for t in tasks]
+
+
+def run_jobs(jobs: list[Job], system: System, results_path: Path, *, workers: int = 4, batch_size: int = 1,
+             execute_tests: bool = True, timeout: float | None = None, progress: bool = True) -> dict[str, int]:
+    """Run every job not yet in ``results_path``. Returns counts: done before, run now.
+    Raises Interrupted on Ctrl-C, after killing the sandboxes in flight (their tasks are not saved)."""
     done = {record_key(r) for r in read_records(results_path)}
-    # sample-major order: a batch never mixes sample indices (each sample has its own seed)
-    jobs = [Job(t, s) for s in range(samples) for t in tasks if (t.task_id, s) not in done]
-    skipped = len(tasks) * samples - len(jobs)
+    todo = [j for j in jobs if (j.task.task_id, j.sample) not in done]
+    skipped = len(jobs) - len(todo)
     appender = Appender(results_path)
     slots = SlotPool(workers)
-    bar = tqdm(total=len(tasks) * samples, initial=skipped, desc=results_path.parent.name, unit="task",
+    bar = tqdm(total=len(jobs), initial=skipped, desc=results_path.parent.name, unit="task",
                disable=not progress, dynamic_ncols=True)
-    ran = 0
+    saved = 0
 
-    def finish(job: Job, gen: dict[str, Any]) -> None:
+    def finish(job: Job, gen: dict[str, Any]) -> bool:
         judge_candidates(job.task, gen["candidates"], slots, execute_tests, timeout)
+        if slots.cancelled:
+            return False  # a killed sandbox says nothing about the program
         appender.write(make_record(job, gen, system.name))
+        return True
 
     pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge")
-    pending: set[cf.Future[None]] = set()
+    pending: set[cf.Future[bool]] = set()
+
+    def reap(until: int) -> None:
+        nonlocal saved
+        while len(pending) > until:
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+                pending.discard(f)
+                saved += f.result()
+                bar.update(1)
     try:
-        for batch in _batches(jobs, batch_size):
+        for batch in _batches(todo, batch_size):
             for job, gen in zip(batch, system.generate(batch)):
                 pending.add(pool.submit(finish, job, gen))
             # back-pressure: generation must not run far ahead of judging (memory, and lost work on Ctrl-C)
-            while len(pending) >= workers * 2:
-                ran += _reap(pending, bar, cf.FIRST_COMPLETED)
-        while pending:
-            ran += _reap(pending, bar, cf.FIRST_COMPLETED)
+            reap(workers * 2 - 1)
+        reap(0)
+    except KeyboardInterrupt:
+        slots.cancel()  # sandboxes in flight are killed within ~50 ms
+        pool.shutdown(wait=True, cancel_futures=True)
+        saved += sum(f.result() for f in pending if f.done() and not f.cancelled())
+        raise Interrupted(saved, len(todo) - saved) from None
     finally:
-        # on Ctrl-C: queued judging is dropped, the few in flight end within their sandbox timeout
         pool.shutdown(wait=True, cancel_futures=True)
         appender.close()
         bar.close()
-    return {"skipped_finished": skipped, "ran": ran}
-
-
-def _reap(pending: set[cf.Future[None]], bar: tqdm, when: str) -> int:
-    done, _ = cf.wait(pending, return_when=when)
-    for f in done:
-        pending.discard(f)
-        f.result()  # a judging bug must surface, not vanish
-        bar.update(1)
-    return len(done)
-
+    return {"skipped_finished": skipped, "ran": saved}
 
 
 def _batches(jobs: list[Job], size: int) -> list[list[Job]]:

@@ -1,56 +1,75 @@
 """Run one untrusted program in a throw-away process, with limits. One job: contain it.
 
-Layers, all applied to every run:
-- a new session (its own process group), killed with SIGKILL at the timeout;
-- rlimits set in the child before exec: address space (Python only; V8 and the JVM reserve huge
-  virtual ranges, so those get heap flags instead), CPU seconds, file size, open files, processes, no core;
-- a fresh temporary working directory, HOME and TMPDIR inside it, a minimal environment (no inherited
-  variables, so no tokens or keys), stdin from /dev/null, stdout/stderr to files capped by RLIMIT_FSIZE
-  and read back only up to ``output_limit`` bytes;
-- when started as root: the program runs under a per-worker unprivileged uid (so RLIMIT_NPROC is
-  enforced, which the kernel skips for root, and the file system's permissions stop writes outside the
-  temp dir), and, where ``unshare`` works, inside new PID, mount and network namespaces: killing the
-  namespace's first process kills every process it forked, the root mount is read-only except the temp
-  dir, /dev/shm is a private tmpfs, and there is no network.
+The harness process never forks: it starts the helper program ``jail.py`` with ``subprocess``
+(vfork + exec, no Python code between them) and the helper confines itself, then execs the program.
+Layers, and what each does and does not do, are listed in eval/README.md. In short:
+- always: a fresh work dir (cwd, HOME, TMPDIR), a minimal environment, stdin /dev/null, stdout and
+  stderr through pipes read to a bounded size, rlimits, no new privileges, a seccomp filter against user
+  namespaces, a parent-death signal, and a kill of the whole session at the timeout;
+- as root: a per-slot unprivileged uid from a block that this process owns (an flock in a fixed place);
+  a per-slot cgroup capping memory and processes of the whole task where the machine allows one;
+- as root with namespaces: new PID, mount, network, IPC and UTS namespaces; /proc and /sys read-only;
+  empty /tmp, /run, /var/tmp; a private /dev/shm; the root mount read-only.
+
+A program passes only when it exits 0 *and* has written the caller's ``expect`` bytes on fd 3, a pipe
+that only the harness reads (the wrapper emits them after the tests): an early exit with status 0 is
+``exited early``, not a pass.
 """
 from __future__ import annotations
 
 import os
 import queue
-import resource
+import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, Callable
 
-BASE_UID = 61000  # uids from here up run the programs (no passwd entry needed)
+from . import cgroups
+
+# uids from here up run the programs (no passwd entry needed); below 100000, where subordinate uid
+# ranges usually start, and disjoint from 61000-65095, which older versions locked under TMPDIR
+BASE_UID = 66000
 SLOTS_PER_PROCESS = 64  # each eval process owns a block of uids, one per worker slot
 MAX_BLOCKS = 64
-# Mount setup done as root inside the new namespaces, then privileges are dropped for good.
-_NS_SCRIPT = (
-    'mount --bind "$W" "$W" && mount -t tmpfs -o size=8m,mode=1777 tmpfs /dev/shm && '
-    'mount -o remount,bind,ro / && cd "$W" && '
-    'exec setpriv --reuid="$U" --regid="$U" --clear-groups --inh-caps=-all --bounding-set=-all -- "$@"'
-)
+JAIL = Path(__file__).with_name("jail.py")
+STARTED = b"S"  # what the helper writes on the channel just before it execs the program
+CHANNEL_LIMIT = 4096
+START_TRIES = 3  # util-linux 2.38's unshare failed ~1 start in 1000; a failed start is retried
+
+
+def state_dir() -> Path:
+    """One fixed place per user, never under TMPDIR: two evals with different TMPDIRs must see the
+    same uid-block locks. Traversable (0711) so a worker uid can reach its own work dir by path."""
+    path = Path(f"/var/tmp/fim-eval-{os.geteuid()}")
+    path.mkdir(mode=0o711, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise RuntimeError(f"{path} is not a directory owned by this user and writable only by it")
+    return path
 
 
 @dataclass
 class Limits:
     timeout: float = 3.0
-    memory_mb: int | None = 1024  # RLIMIT_AS; None for runtimes that reserve big virtual ranges
-    processes: int = 64  # RLIMIT_NPROC for the worker's uid (threads count too; the JVM needs ~30)
+    memory_mb: int | None = 1024  # RLIMIT_AS per process; None for runtimes that reserve big virtual ranges
+    processes: int = 64  # RLIMIT_NPROC of the worker uid and the cgroup's pids.max (threads count too)
     file_mb: int = 16
-    output_limit: int = 64 * 1024
+    output_limit: int = 64 * 1024  # the last this many bytes of stdout and of stderr are kept
+    group_memory_mb: int = 1024  # all processes of the task together (cgroup), swap included
 
 
 @dataclass
 class ExecResult:
-    status: str  # "passed", "failed", "timeout"
+    status: str  # passed, failed, timeout, exited early, error (the sandbox did not start), cancelled
     returncode: int | None
     seconds: float
     stdout: str
@@ -59,19 +78,6 @@ class ExecResult:
     @property
     def passed(self) -> bool:
         return self.status == "passed"
-
-
-def _unshare_works() -> bool:
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
-        return False
-    try:
-        probe = subprocess.run(
-            ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount", "--",
-             "sh", "-c", "mount -o remount,bind,ro / && true"],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
-        return probe.returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
 
 
 def _world_executable(path: str) -> bool:
@@ -90,7 +96,7 @@ def python_executable() -> str:
     """The interpreter for Python test programs. Under a dropped uid it must be reachable by that uid:
     an interpreter installed under /root (pyenv) is not, so fall back to a system python3 (the tests
     need only the standard library)."""
-    if isolation() == "rlimits" or _world_executable(sys.executable):
+    if os.geteuid() != 0 or _world_executable(sys.executable):
         return sys.executable
     for cand in ("/usr/local/bin/python3", "/usr/bin/python3"):
         if os.path.exists(cand) and _world_executable(cand):
@@ -98,22 +104,42 @@ def python_executable() -> str:
     raise RuntimeError(f"no python3 that the sandbox uid can run ({sys.executable} is private to root)")
 
 
-@lru_cache(maxsize=1)
+# the first sandbox runs start in several judging threads at once: one of them probes and claims
+_setup = threading.RLock()
+
+
 def isolation() -> str:
-    """'namespaces' (root + working unshare), 'uid' (root, no unshare), or 'rlimits' (not root)."""
+    """'namespaces' (root, and a probe run in new namespaces passes), 'uid' (root), or 'rlimits'."""
+    with _setup:
+        return _isolation()
+
+
+@lru_cache(maxsize=1)
+def _isolation() -> str:
     if os.geteuid() != 0:
         return "rlimits"
-    return "namespaces" if _unshare_works() else "uid"
+    probe = _run_once(["/bin/sh", "-c", "exit 0"], {}, Limits(timeout=10), 0, None, None, "namespaces")
+    return "namespaces" if probe.passed else "uid"
+
+
+_held_locks: list[int] = []
+
+
+def _uid_block() -> int:
+    with _setup:
+        return _claim_block()
 
 
 @lru_cache(maxsize=1)
-def _uid_block() -> int:
-    """Claim a block of uids for this process (held by an flock until it exits), so two evals on one
-    machine never share a uid: the clean-up kills every process of a uid."""
+def _claim_block() -> int:
+    """Claim a block of uids and work dirs for this process (an flock held until it exits), so two
+    evals on one machine never share a uid. Every block nobody holds is cleared on the way: its
+    owner is dead (a lock dies with its process), so whatever it left behind goes."""
     import fcntl
 
-    locks = Path(tempfile.gettempdir()) / "fim-eval-uid-locks"
+    locks = state_dir() / "locks"
     locks.mkdir(mode=0o700, exist_ok=True)
+    mine, free = None, []
     for block in range(MAX_BLOCKS):
         fd = os.open(locks / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -121,12 +147,58 @@ def _uid_block() -> int:
         except BlockingIOError:
             os.close(fd)
             continue
-        _held_locks.append(fd)  # kept open for the life of the process
-        return block
-    raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+        free.append((block, fd))
+        if mine is None:
+            mine = block
+            _held_locks.append(fd)  # kept open for the life of the process
+    if mine is None:
+        raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+    _clear_blocks([b for b, _ in free])
+    for block, fd in free:
+        if block != mine:
+            os.close(fd)
+    return mine
 
 
-_held_locks: list[int] = []
+def _clear_blocks(blocks: list[int]) -> None:
+    """Kill programs of these blocks that survived their eval, remove their cgroups and work dirs."""
+    if os.geteuid() == 0:
+        uids = {BASE_UID + b * SLOTS_PER_PROCESS + s for b in blocks for s in range(SLOTS_PER_PROCESS)}
+        for _ in range(20):
+            pids = [pid for pid, uid in _processes() if uid in uids]
+            if not pids:
+                break
+            for pid in pids:
+                _kill(pid)
+            time.sleep(0.05)
+        for b in blocks:
+            cgroups.remove_block(b)
+    for b in blocks:
+        if _work_root(b).exists():
+            shutil.rmtree(_work_root(b), ignore_errors=True)
+
+
+def _processes() -> list[tuple[int, int]]:
+    """(pid, real uid) of every live process."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                out.append((int(p.name), p.stat().st_uid))
+            except OSError:
+                pass
+    return out
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _work_root(block: int) -> Path:
+    return state_dir() / "work" / str(block)
 
 
 def slot_uid(slot: int) -> int:
@@ -135,113 +207,152 @@ def slot_uid(slot: int) -> int:
     return BASE_UID + _uid_block() * SLOTS_PER_PROCESS + slot
 
 
-def _limiter(limits: Limits, uid: int | None):
-    def apply() -> None:
-        # runs in the child between fork and exec: only async-signal-safe-ish calls
-        cpu = max(1, int(limits.timeout) + 1)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        fsize = limits.file_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-        if limits.memory_mb is not None:
-            mem = limits.memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        if uid is not None and isolation() == "uid":
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-    return apply
+def _rlimits(limits: Limits) -> dict[str, int]:
+    cpu = max(1, int(limits.timeout) + 1)
+    out = {"RLIMIT_CPU": cpu, "RLIMIT_FSIZE": limits.file_mb << 20, "RLIMIT_CORE": 0, "RLIMIT_NOFILE": 256,
+           "RLIMIT_NPROC": limits.processes}
+    if limits.memory_mb is not None:
+        out["RLIMIT_AS"] = limits.memory_mb << 20
+    return out
 
 
-def _read_capped(path: Path, limit: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return ""
+def _jail() -> list[str]:
+    """The helper's command: the programs' interpreter when the eval's own is private to root (it
+    starts faster there than a venv's), no site, no user paths."""
+    return [python_executable(), "-I", "-S", str(JAIL)]
 
 
 def _kill_uid(uid: int) -> None:
-    """Kill every process of a worker uid: the clean-up for forks that left the process group
-    when there is no PID namespace. kill(-1) from that uid reaches exactly its own processes."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgid(uid)
-            os.setuid(uid)
-            os.kill(-1, signal.SIGKILL)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    """Every process of a worker uid: kill(-1) from that uid, in the helper (never a fork here)."""
+    subprocess.run([*_jail(), "--kill-uid", str(uid)], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30)
 
 
-# Messages of the wrapper itself, before the program starts. util-linux 2.38's unshare fails about
-# once in a thousand starts here with "sigprocmask unblock failed"; such a start is simply retried.
-_WRAPPER_ERRORS = ("unshare: ", "setpriv: ", "mount: ", "sandbox: ")
-
-
-def run_program(argv: list[str], files: dict[str, str], limits: Limits | None = None,
-                slot: int = 0, extra_env: dict[str, str] | None = None) -> ExecResult:
-    """Write ``files`` into a fresh temp dir and run ``argv`` there under the limits.
+def run_program(argv: list[str], files: dict[str, str], limits: Limits | None = None, slot: int = 0,
+                extra_env: dict[str, str] | None = None, expect: bytes | None = None,
+                cancel: threading.Event | None = None) -> ExecResult:
+    """Write ``files`` into a fresh work dir and run ``argv`` there under the limits. With ``expect``,
+    a pass also needs those bytes on fd 3 (see the module doc).
 
     ``slot`` picks the worker uid; concurrent calls must use different slots (SlotPool does that).
+    ``cancel`` set: the program is killed at once and the result is ``cancelled``.
     """
     limits = limits or Limits()
-    for _ in range(3):
-        res = _run_once(argv, files, limits, slot, extra_env)
-        if not (res.status == "failed" and isolation() == "namespaces" and res.stderr.startswith(_WRAPPER_ERRORS)):
+    for _ in range(START_TRIES):
+        res = _run_once(argv, files, limits, slot, extra_env, expect, isolation(), cancel)
+        if res.status != "error":
             break
     return res
 
 
-def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
-              extra_env: dict[str, str] | None) -> ExecResult:
-    mode = isolation()
+def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int, extra_env: dict[str, str] | None,
+              expect: bytes | None, mode: str, cancel: threading.Event | None = None) -> ExecResult:
     uid = slot_uid(slot) if mode != "rlimits" else None
-    work = Path(tempfile.mkdtemp(prefix="fim-eval-"))
+    root = _work_root(_uid_block())
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    os.chmod(root.parent, 0o711)
+    work = Path(tempfile.mkdtemp(prefix="fim-eval-", dir=root))
+    inside = f"/tmp/{work.name}" if mode == "namespaces" else str(work)
     try:
         for name, text in files.items():
-            (work / name).write_text(text, encoding="utf-8")
-        home = work / "home"
-        home.mkdir()
+            (work / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+        (work / "home").mkdir()
         if uid is not None:
-            for p in [work, home, *(work / n for n in files)]:
+            for p in [work, work / "home", *(work / n for n in files)]:
                 os.chown(p, uid, uid)
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-               **(extra_env or {})}
-        cmd = list(argv)
-        if mode == "namespaces":
-            env.update(W=str(work), U=str(uid))
-            cmd = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount", "--",
-                   "sh", "-c", _NS_SCRIPT, "sandbox", *argv]
-        out_path, err_path = work / ".stdout", work / ".stderr"
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": f"{inside}/home", "TMPDIR": f"{inside}/home",
+               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
+        groups = cgroups.slot_groups(f"{_uid_block()}-{slot}", limits.group_memory_mb, limits.processes) \
+            if uid is not None else []
+        chan_r, chan_w = os.pipe()
+        cfg = {"parent": os.getpid(), "namespaces": int(mode == "namespaces"), "work": work, "inside": inside,
+               "uid": "" if uid is None else uid, "cgroups": ":".join(map(str, groups)), "channel": chan_w,
+               **_rlimits(limits)}
         start = time.monotonic()
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    start_new_session=True, preexec_fn=_limiter(limits, uid), close_fds=True)
-            try:
-                rc: int | None = proc.wait(timeout=limits.timeout)
-                status = "passed" if rc == 0 else "failed"
-            except subprocess.TimeoutExpired:
-                rc, status = None, "timeout"
-            finally:
-                # everything the program started dies with it: first every process of the worker uid
-                # (reaches forks that called setsid, in or out of the namespace), then the group
-                if uid is not None:
-                    _kill_uid(uid)
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+        try:
+            proc = subprocess.Popen([*_jail(), *(f"{k}={v}" for k, v in cfg.items()), "--", *argv],
+                                    cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=(chan_w,), start_new_session=True)
+        finally:
+            os.close(chan_w)
+        with os.fdopen(chan_r, "rb", buffering=0) as chan:
+            out, err, got, stop = _collect(proc, chan, limits, cancel,
+                                           lambda: _clean_up(proc, uid if mode == "uid" else None, groups))
         seconds = time.monotonic() - start
-        return ExecResult(status, rc, seconds, _read_capped(out_path, limits.output_limit),
-                          _read_capped(err_path, limits.output_limit))
+        rc = None if stop else proc.returncode
+        if stop == "cancelled":
+            status = stop
+        elif not got.startswith(STARTED):
+            status = "error"
+        elif stop:
+            status = stop
+        elif rc != 0:
+            status = "failed"
+        else:
+            status = "passed" if expect is None or got[len(STARTED):] == expect else "exited early"
+        return ExecResult(status, rc, seconds, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _collect(proc: subprocess.Popen[bytes], chan: BinaryIO, limits: Limits, cancel: threading.Event | None,
+             clean_up: Callable[[], None]) -> tuple[bytes, bytes, bytes, str | None]:
+    """Read stdout, stderr (their last ``output_limit`` bytes) and the channel (its first bytes)
+    until every writer is gone, the timeout, or ``cancel``; the last two are returned as the reason
+    ("timeout", "cancelled"). When the program exits first, whatever it left behind is killed
+    (clean_up) so that the pipes close."""
+    caps = {proc.stdout: limits.output_limit, proc.stderr: limits.output_limit, chan: CHANNEL_LIMIT}
+    bufs = {f: bytearray() for f in caps}
+    deadline = time.monotonic() + limits.timeout
+    stop: str | None = None
+    cleaned = False
+    with selectors.DefaultSelector() as sel:
+        for f in caps:
+            sel.register(f, selectors.EVENT_READ)
+        while sel.get_map():
+            if not cleaned and proc.poll() is not None:
+                clean_up()
+                cleaned = True
+                deadline = min(deadline, time.monotonic() + 2.0)  # grace to drain what is left
+            left = deadline - time.monotonic()
+            if cancel is not None and cancel.is_set():
+                stop = "cancelled"
+                break
+            if left <= 0:
+                stop = None if cleaned else "timeout"
+                break
+            for key, _ in sel.select(min(left, 0.05)):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                buf = bufs[key.fileobj]
+                if key.fileobj is chan:
+                    buf += data[:max(0, CHANNEL_LIMIT - len(buf))]
+                else:
+                    buf += data
+                    if len(buf) > 2 * caps[key.fileobj]:
+                        del buf[:-caps[key.fileobj]]
+    if not cleaned:
+        clean_up()
+    proc.stdout.close()
+    proc.stderr.close()
+    return (bytes(bufs[proc.stdout][-limits.output_limit:]), bytes(bufs[proc.stderr][-limits.output_limit:]),
+            bytes(bufs[chan]), stop)
+
+
+def _clean_up(proc: subprocess.Popen[bytes], uid: int | None, groups: list[Path]) -> None:
+    """Everything the program started dies: the session, then (``uid``: the uid mode, no PID namespace)
+    every process of the worker uid, which reaches forks that called setsid, then whatever is left in
+    its cgroups. With namespaces the first already ends them all: PID 1 dies, its namespace with it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    if uid is not None:
+        _kill_uid(uid)
+    cgroups.kill(groups)
 
 
 class SlotPool:
@@ -250,13 +361,26 @@ class SlotPool:
 
     def __init__(self, n: int) -> None:
         self._q: queue.Queue[int] = queue.Queue()
+        self._cancel = threading.Event()
         for i in range(n):
             self._q.put(i)
 
+    def cancel(self) -> None:
+        """Kill every run in flight and refuse new ones (Ctrl-C)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
     def run(self, argv: list[str], files: dict[str, str], limits: Limits | None = None,
-            extra_env: dict[str, str] | None = None) -> ExecResult:
+            extra_env: dict[str, str] | None = None, expect: bytes | None = None) -> ExecResult:
         slot = self._q.get()
         try:
-            return run_program(argv, files, limits, slot=slot, extra_env=extra_env)
+            if self.cancelled:
+                return ExecResult("cancelled", None, 0.0, "", "")
+            return run_program(argv, files, limits, slot=slot, extra_env=extra_env, expect=expect,
+                               cancel=self._cancel)
         finally:
             self._q.put(slot)
+

@@ -1,101 +1,176 @@
 """`score`: judge another model's completions (one JSON line per task: task_id, completion), like
-human-eval-infilling's evaluate command. A `passed` field in the file is compared task by task."""
+human-eval-infilling's evaluate command. A `passed` field in the file is compared task by task.
+
+It runs through the same loop as `run`: each judged task is appended and fsynced, a rerun resumes,
+Ctrl-C stops at once. A bad line is reported by number and skipped; it never stops the others."""
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
+import hashlib
 import json
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from .data import SANTACODER, Task
 from .metrics import summarize
-from .report import write_reports
-from .runner import judge_candidates
-from .sandbox import SlotPool, isolation
+from .report import headline, write_reports
+from .runner import run_jobs
+from .sandbox import isolation
+from .store import RESULTS, check_run_info, read_records
+from .systems import Job
+
+SHOWN_PROBLEMS = 20
 
 
-def read_predictions(path: Path, tasks: list[Task], languages: list[str]) -> tuple[list[tuple[Task, dict[str, Any]]], list[str]]:
+@dataclass
+class Prediction:
+    task: Task
+    sample: int  # the n-th line for this task in the file (duplicates become extra samples)
+    completion: str
+    reference_passed: bool | None
+
+
+@dataclass
+class Predictions:
+    rows: list[Prediction]
+    bad_lines: list[str]  # "line N: why"
+    unknown_ids: list[str]
+
+
+def _parse_line(raw: bytes) -> tuple[str, str, bool | None]:
+    """(task_id, completion, passed) of one line, or ValueError saying what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 (byte {err.start})") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg}, column {err.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError("not a JSON object")
+    tid, completion = row.get("task_id"), row.get("completion")
+    if not isinstance(tid, (str, int)) or isinstance(tid, bool):
+        raise ValueError("no task_id (a string or an integer)")
+    if not isinstance(completion, str):
+        raise ValueError("completion missing or not a string" if completion is None else "completion is not a string")
+    for name, value in (("task_id", str(tid)), ("completion", completion)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} holds a lone surrogate (not valid Unicode)") from None
+    passed = row.get("passed")
+    return str(tid), completion, None if passed is None else bool(passed)
+
+
+def read_predictions(path: Path, tasks: list[Task], languages: list[str]) -> Predictions:
     """Match lines to tasks. SantaCoder ids may be bare indices among one language's rows (Open-dLLM's
     files), which need exactly one --languages."""
     by_id = {t.task_id: t for t in tasks}
-    matched, unknown = [], []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
+    seen: dict[str, int] = {}
+    out = Predictions([], [], [])
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
-            row = json.loads(line)
-            tid = str(row["task_id"])
+            try:
+                tid, completion, passed = _parse_line(raw)
+            except ValueError as err:
+                out.bad_lines.append(f"line {n}: {err}")
+                continue
             if tid not in by_id and tasks and tasks[0].benchmark == SANTACODER and tid.isdigit():
                 if len(languages) != 1:
                     raise SystemExit("bare numeric SantaCoder task ids need exactly one --languages")
                 tid = f"{languages[0]}/{tid}"
             if tid not in by_id:
-                unknown.append(tid)
+                out.unknown_ids.append(tid)
                 continue
-            matched.append((by_id[tid], row))
-    return matched, unknown
+            out.rows.append(Prediction(by_id[tid], seen.get(tid, 0), completion, passed))
+            seen[tid] = seen.get(tid, 0) + 1
+    return out
+
+
+class PredictionsSystem:
+    """The file's completions as a System, so `score` shares `run`'s durable loop."""
+
+    name = "predictions"
+
+    def __init__(self, rows: list[Prediction]) -> None:
+        self._rows = {(p.task.task_id, p.sample): p for p in rows}
+
+    def info(self) -> dict[str, Any]:
+        return {"system": self.name}
+
+    def generate(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        out = []
+        for j in jobs:
+            p = self._rows[(j.task.task_id, j.sample)]
+            gen: dict[str, Any] = {"candidates": [{"model": self.name, "text": p.completion, "perplexity": None}],
+                                   "winner_index": 0}
+            if p.reference_passed is not None:
+                gen["reference_passed"] = p.reference_passed
+            out.append(gen)
+        return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def reference_agreement(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The file's own `passed` against this judge, record by record."""
+    compared = [r for r in records if "reference_passed" in r]
+    if not compared:
+        return None
+    disagree = [{"task_id": r["task_id"], "sample": r["sample"], "reference_passed": r["reference_passed"],
+                 "passed": r["candidates"][0]["judge"]["passed"], "status": r["candidates"][0]["judge"]["status"],
+                 "detail": r["candidates"][0]["judge"]["detail"][-300:]}
+                for r in compared if r["reference_passed"] != r["candidates"][0]["judge"]["passed"]]
+    return {"compared": len(compared), "reference_passes": sum(r["reference_passed"] for r in compared),
+            "disagreements": disagree}
 
 
 def score_file(args: argparse.Namespace, tasks: list[Task]) -> int:
     languages = [x.strip() for x in args.languages.split(",") if x.strip()]
-    matched, unknown = read_predictions(Path(args.predictions), tasks, languages)
-    if unknown:
-        print(f"warning: {len(unknown)} task ids not in {args.benchmark} (first: {unknown[:3]})")
-    samples: dict[str, int] = defaultdict(int)
-    records: list[dict[str, Any]] = []
-    for task, row in matched:
-        rec = {"task_id": task.task_id, "sample": samples[task.task_id], "benchmark": task.benchmark,
-               "language": task.language, "system": "predictions", "winner_index": 0, "seconds": 0.0,
-               "candidates": [{"model": "predictions", "text": row["completion"], "perplexity": None}]}
-        if "passed" in row:
-            rec["reference_passed"] = bool(row["passed"])
-        samples[task.task_id] += 1
-        records.append(rec)
-    by_id = {t.task_id: t for t in tasks}
-    pool = SlotPool(args.workers)
-    with cf.ThreadPoolExecutor(args.workers) as ex:
-        futs = [ex.submit(judge_candidates, by_id[r["task_id"]], r["candidates"], pool, not args.no_exec, args.timeout)
-                for r in records]
-        for f in tqdm(cf.as_completed(futs), total=len(futs), disable=args.no_progress, desc="score"):
-            f.result()
+    path = Path(args.predictions)
+    preds = read_predictions(path, tasks, languages)
+    for line in preds.bad_lines[:SHOWN_PROBLEMS]:
+        print(f"skipped {line}")
+    if len(preds.bad_lines) > SHOWN_PROBLEMS:
+        print(f"skipped {len(preds.bad_lines) - SHOWN_PROBLEMS} more bad lines")
+    if preds.unknown_ids:
+        print(f"warning: {len(preds.unknown_ids)} task ids not in {args.benchmark} "
+              f"(first: {ascii(preds.unknown_ids[:3])})")
+    out = Path(args.out)
+    info = {"system": "predictions", "predictions": str(path), "predictions_sha256": _sha256(path),
+            "benchmark": args.benchmark, "languages": languages, "santacoder_layout": args.santacoder_layout,
+            "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation()}
+    check_run_info(out, info)
+    jobs = [Job(p.task, p.sample) for p in preds.rows]
+    counts = run_jobs(jobs, PredictionsSystem(preds.rows), out / RESULTS, workers=args.workers,
+                      execute_tests=not args.no_exec, timeout=args.timeout, progress=not args.no_progress)
+    print(f"{counts['ran']} judged now, {counts['skipped_finished']} already judged -> {out / RESULTS}")
+    wanted = {(p.task.task_id, p.sample) for p in preds.rows}
+    records = [r for r in read_records(out / RESULTS) if (r["task_id"], r["sample"]) in wanted]
     summary = summarize(records, args.benchmark)
-    missing = len({t.task_id for t in tasks} - {r["task_id"] for r in records})
-    summary["missing_tasks"] = missing
-    disagree = [{"task_id": r["task_id"], "reference_passed": r["reference_passed"],
-                 "passed": r["candidates"][0]["judge"]["passed"], "status": r["candidates"][0]["judge"]["status"],
-                 "detail": r["candidates"][0]["judge"]["detail"][-300:]}
-                for r in records if "reference_passed" in r and r["reference_passed"] != r["candidates"][0]["judge"]["passed"]]
-    compared = sum("reference_passed" in r for r in records)
-    if compared:
-        summary["reference_passed"] = {"compared": compared, "reference_passes": sum(r["reference_passed"] for r in records
-                                                                                     if "reference_passed" in r),
-                                       "disagreements": disagree}
-    for lang, e in summary["by_language"].items():
-        for metric, m in e["metrics"].items():
-            if m.get("skipped"):
-                print(f"[{lang}] {metric}: skipped ({m['why']})")
-            else:
-                s = m["systems"]["predictions"]
-                print(f"[{lang}] {metric}: {s['correct']:g}/{s['samples']} = {100 * s['pass@1']:.2f}%")
-    if missing:
-        print(f"{missing} tasks of the benchmark have no prediction (not counted)")
-    if compared:
-        print(f"file's own `passed`: {summary['reference_passed']['reference_passes']}/{compared}; "
-              f"disagreements with this judge: {len(disagree)}")
-        for d in disagree:
+    summary["missing_tasks"] = len(tasks) - summary["tasks"]
+    summary["bad_lines"] = preds.bad_lines
+    summary["unknown_task_ids"] = len(preds.unknown_ids)
+    agreement = reference_agreement(records)
+    if agreement:
+        summary["reference_passed"] = agreement
+    for line in headline(summary, tasks, "predictions"):
+        print(line)
+    if agreement:
+        print(f"file's own `passed`: {agreement['reference_passes']}/{agreement['compared']}; "
+              f"disagreements with this judge: {len(agreement['disagreements'])}")
+        for d in agreement["disagreements"]:
             print(f"  {d['task_id']}: file says {d['reference_passed']}, here {d['status']}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        meta = {"system": "predictions", "predictions": str(args.predictions), "benchmark": args.benchmark,
-                "languages": languages, "sandbox": isolation(), "timeout": args.timeout}
-        write_reports(out, summary, records, meta)
-        print(f"report: {out / 'report.md'}")
+    write_reports(out, summary, records, info)
+    print(f"report: {out / 'report.md'}")
     return 0

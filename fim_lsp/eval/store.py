@@ -96,6 +96,19 @@ def check_run_info(out: Path, info: dict[str, Any]) -> None:
         path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
+def finish_shard(out: Path, shard: tuple[int, int]) -> bool:
+    """Mark this shard done; True for the one shard that finds every shard done (it then merges).
+    The check runs under an flock in the run folder, so of shards finishing together exactly one sees
+    them all; a shard stopped early leaves no mark."""
+    import fcntl
+
+    i, n = shard
+    with open(out / "merge.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (out / f"done.shard-{i}-of-{n}").touch()
+        return all((out / f"done.shard-{k}-of-{n}").exists() for k in range(n))
+
+
 def merge(out: Path, extra: Iterable[Path] = ()) -> list[dict[str, Any]]:
     """Join every shard file (and extra files) of a run into results.jsonl; duplicates keep the first."""
     files = sorted(out.glob("results.shard-*.jsonl")) + list(extra)
