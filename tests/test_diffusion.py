@@ -11,6 +11,7 @@ from fim_lsp.engine.config import ALGS
 from fim_lsp.engine.diffusion import DiffusionParams, bidirectional_logits, diffusion_infill, mdm_sample
 from fim_lsp.engine.loading import load_model, mask_token_id
 from fim_lsp.engine.results import Cancelled
+from forced import forced_lm, token
 
 MASK = 7
 V = 12
@@ -227,22 +228,27 @@ def test_batched_infill_with_padding_matches_single(dllm):
         assert one.forward_passes == out.forward_passes
 
 
-def test_end_token_inside_the_hole_ends_the_completion(tiny_models):
-    """A copy of the tiny model whose output strongly favours <|endoftext|> at every position:
-    the first end token in the hole ends the completion, whatever follows it."""
-    lm = load_model(str(tiny_models / "dllm"), "dllm", torch.device("cpu"), torch.float32)
-    eos = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    head = lm.model.get_output_embeddings()
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        biased.bias[eos] = 1e3
-    lm.model.lm_head = biased
-    out = diffusion_infill(lm, mask_token_id(lm.tokenizer), [("def f():\n    ", "\n", 6)],
+# The tokens after which the diffusion model has left the hole (README, REFERENCE.md), written out
+# here rather than imported, so that dropping one from the engine's list turns a test red.
+END_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+              "<|file_sep|>", "<|repo_name|>")
+
+
+@pytest.mark.parametrize("end", END_TOKENS)
+def test_the_first_end_token_cuts_the_hole_with_real_tokens_on_both_sides(tiny_models, end):
+    """A forced model writes the hole "x y END z w x" (p2 at 6 steps reveals one bigram link per step):
+    the completion is "xy", not "xyzwx" (end tokens dropped) and not the whole hole."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models / "dllm")
+    mid = mask_token_id(tok)
+    x, y, z, w = (token(tok, c) for c in "xyzw")
+    e = tok.convert_tokens_to_ids(end)
+    lm = forced_lm(tok, {x: y, y: e, e: z, z: w}, default=x, uniform=(mid,))
+    out = diffusion_infill(lm, mid, [("def f():\n    ", "\nprint(f())\n", 6)],
                            DiffusionParams(steps=6, alg="p2", temperature=0.0))[0]
-    assert out.text == "" and out.token_ids == []
-    assert out.hole_length == 6
+    assert out.token_ids == [x, y]
+    assert out.text == "xy" and out.hole_length == 6
 
 
 def test_cancel_stops_between_steps(dllm):
