@@ -50,6 +50,54 @@ def test_frozen_positions_never_change_and_no_mask_survives(dllm, alg):
     assert not (res.tokens == mid).any()
 
 
+def bait_logits(x0: torch.Tensor, frozen_looks: str):
+    """Hand-written logits for x0 [B, T]: each hole position predicts token (position % 5) + 1 with
+    probability 0.5. Every frozen position (prefix, suffix, pad) is bait: it predicts token V-1 with
+    probability 0.99 ("peaked": the most confident place to reveal) or predicts nothing
+    ("flat": the least confident, what p2 re-masks first). A sampler that ever treats a frozen
+    position as a candidate overwrites it."""
+    b, t = x0.shape
+    frozen = x0 != MASK
+    probs = torch.full((b, t, V), 0.5 / (V - 1))
+    for p in range(t):
+        probs[:, p, p % 5 + 1] = 0.5
+    bait = torch.full((V,), 0.01 / (V - 1))
+    bait[V - 1] = 0.99
+    probs[frozen] = bait if frozen_looks == "peaked" else torch.full((V,), 1.0 / V)
+    out = torch.log(torch.cat([probs[:, 1:], probs[:, -1:]], dim=1))  # output j-1 predicts position j
+
+    def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return out[:, rows]
+
+    return fn
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.6])
+@pytest.mark.parametrize("alg", ALGS)
+def test_frozen_prefix_and_suffix_in_a_batch_of_different_hole_lengths(alg, temperature):
+    """As a default request: rows with holes of different lengths (and prefixes) share one window, so
+    the shorter rows' prefix, suffix and pad tokens sit inside the sampled columns."""
+    pad = 0
+    rows = [(3, 8, 4), (5, 2, 4), (2, 4, 3)]  # (prefix, hole, suffix) lengths
+    width = max(sum(r) for r in rows) + 1
+    x = torch.full((len(rows), width), pad)
+    for b, (p, h, s) in enumerate(rows):
+        x[b, :p] = torch.arange(p) + 1
+        x[b, p:p + h] = MASK
+        x[b, p + h:p + h + s] = torch.arange(s) % 3 + 8  # never the bait token V-1
+    frozen = x != MASK
+    fn = bait_logits(x, "flat" if alg == "p2" else "peaked")
+    seen = []
+    params = DiffusionParams(steps=6, alg=alg, temperature=temperature, top_p=None if temperature == 0 else 0.95,
+                             alg_temp=0.0)
+    res = mdm_sample(x, MASK, fn, params, torch.Generator().manual_seed(0),
+                     on_step=lambda i, xs: seen.append(xs.clone()))
+    assert seen
+    for xs in seen:
+        assert torch.equal(xs[frozen], x[frozen])
+    assert torch.equal(res.tokens[frozen], x[frozen]) and not (res.tokens == MASK).any()
+
+
 def masks_left_maskgit(n: int, steps: int, eps: float) -> list[int]:
     ts = torch.linspace(1, eps, steps + 1)
     left, out = n, []
