@@ -137,15 +137,6 @@ def test_p2_forward_passes(dllm, hole, steps, passes):
     assert trace == [math.floor(hole * (1 - Fraction(i + 1, steps))) for i in range(passes)]
 
 
-def test_origin_reveals_everything_by_the_last_step(dllm):
-    x = start_seq(dllm, 12)
-    mid = mask_token_id(dllm.tokenizer)
-    res = mdm_sample(x, mid, model_fn(dllm, x), DiffusionParams(steps=6, alg="origin", temperature=0.0),
-                     generator=torch.Generator().manual_seed(0))
-    assert res.total_passes <= 6
-    assert not (res.tokens == mid).any()
-
-
 def scripted_logits(conf_by_step: list[dict[int, tuple[int, float]]], length: int):
     """A hand-written 'model': at step i, position p predicts token tok with probability prob
     (the rest spread evenly). Keys are positions *after* the logit shift."""
