@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from fim_lsp.engine.config import ALGS
-from fim_lsp.engine.diffusion import DiffusionParams, bidirectional_logits, diffusion_infill, mdm_sample
+from fim_lsp.engine.diffusion import DiffusionParams, StaticPass, bidirectional_logits, diffusion_infill, mdm_sample
+from fim_lsp.engine.graphs import GraphCache
 from fim_lsp.engine.loading import load_model, mask_token_id
 from fim_lsp.engine.results import Cancelled
+from fim_lsp.engine.static_model import StaticQwen2
 from forced import forced_lm, token
 
 MASK = 7
@@ -273,8 +275,9 @@ END_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix
               "<|file_sep|>", "<|repo_name|>")
 
 
+@pytest.mark.parametrize("path", ["eager", "static"])
 @pytest.mark.parametrize("end", END_TOKENS)
-def test_the_first_end_token_cuts_the_hole_with_real_tokens_on_both_sides(tiny_models, end):
+def test_the_first_end_token_cuts_the_hole_with_real_tokens_on_both_sides(tiny_models, end, path):
     """A forced model writes the hole "x y END z w x" (p2 at 6 steps reveals one bigram link per step):
     the completion is "xy", not "xyzwx" (end tokens dropped) and not the whole hole."""
     from transformers import AutoTokenizer
@@ -284,8 +287,9 @@ def test_the_first_end_token_cuts_the_hole_with_real_tokens_on_both_sides(tiny_m
     x, y, z, w = (token(tok, c) for c in "xyzw")
     e = tok.convert_tokens_to_ids(end)
     lm = forced_lm(tok, {x: y, y: e, e: z, z: w}, default=x, uniform=(mid,))
+    static = StaticPass(StaticQwen2(lm.model), GraphCache(lm.device)) if path == "static" else None
     out = diffusion_infill(lm, mid, [("def f():\n    ", "\nprint(f())\n", 6)],
-                           DiffusionParams(steps=6, alg="p2", temperature=0.0))[0]
+                           DiffusionParams(steps=6, alg="p2", temperature=0.0), static=static)[0]
     assert out.token_ids == [x, y]
     assert out.text == "xy" and out.hole_length == 6
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fim_lsp.engine.ar_fim import ArParams, fim_ids, generate_fim
+from fim_lsp.engine.ar_static import StaticGenerator
 from fim_lsp.engine.config import EngineConfig
 from fim_lsp.engine.ensemble import Engine, FimRequest
 from fim_lsp.engine.loading import ModelLoadError, encode, load_model, mask_token_id
@@ -55,8 +56,17 @@ STOP_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffi
                "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>")
 
 
+def generate_on(path: str, lm, params: ArParams):
+    """One completion of (PREFIX, SUFFIX) on the eager path or the static one (uncompiled on CPU)."""
+    gen = torch.Generator().manual_seed(0)
+    if path == "static":
+        return StaticGenerator(lm, cpu_compile=False).generate([(PREFIX, SUFFIX)], params, gen)[0][0]
+    return generate_fim(lm, [(PREFIX, SUFFIX)], params, gen)[0]
+
+
+@pytest.mark.parametrize("path", ["eager", "static"])
 @pytest.mark.parametrize("stop", STOP_TOKENS)
-def test_every_stop_token_ends_the_generation(ar, stop):
+def test_every_stop_token_ends_the_generation(ar, stop, path):
     """A forced model writes "x y STOP z z ...": generation ends at STOP, which is not part of the
     completion, and the end of the hole is scored (end_logprob)."""
     tok = ar.tokenizer
@@ -66,17 +76,17 @@ def test_every_stop_token_ends_the_generation(ar, stop):
     table = {fm: x, x: y, y: s}
     table.setdefault(s, z)
     lm = forced_lm(tok, table, default=z)
-    out = generate_fim(lm, [(PREFIX, SUFFIX)], ArParams(temperature=0.6, max_new_tokens=8),
-                       torch.Generator().manual_seed(0))[0]
+    out = generate_on(path, lm, ArParams(temperature=0.6, max_new_tokens=8))
     assert out.token_ids == [x, y] and out.text == "xy"
     assert out.forward_passes == 3 and len(out.logprobs) == 2 and out.end_logprob is not None
 
 
-def test_generation_respects_max_new_tokens(ar):
+@pytest.mark.parametrize("path", ["eager", "static"])
+def test_generation_respects_max_new_tokens(ar, path):
     tok = ar.tokenizer
     x = token(tok, "x")
     lm = forced_lm(tok, {}, default=x)  # never a stop token
-    out = generate_fim(lm, [(PREFIX, SUFFIX)], ArParams(temperature=0.0, max_new_tokens=5))[0]
+    out = generate_on(path, lm, ArParams(temperature=0.0, max_new_tokens=5))
     assert out.token_ids == [x] * 5 and out.forward_passes == 5
     assert len(out.logprobs) == 5 and out.end_logprob is None  # the hole did not end: nothing to score
 
