@@ -14,7 +14,7 @@ import torch
 
 from fim_lsp.engine.config import ALGS
 from fim_lsp.engine.diffusion import DiffusionParams, mdm_sample
-from fim_lsp.engine.sampling import sample_tokens
+from fim_lsp.engine.sampling import sample_tokens, sample_with_noise
 
 LOGITS = [2.0, 1.6, 1.1, 0.7, 0.2, -0.4, -1.0, -2.5]
 V = len(LOGITS)
@@ -104,8 +104,16 @@ def test_sample_tokens_draws_from_the_reference_distribution(temperature, top_p,
     assert torch.allclose(conf, torch.tensor(expected)[tokens], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["prob", "margin", "neg_entropy"])
 @pytest.mark.parametrize("temperature,top_p,top_k", SETTINGS)
+def test_noise_sampler_draws_from_the_reference_distribution(temperature, top_p, top_k) -> None:
+    """The static path's sampler takes its uniform noise as an input (for CUDA graphs)."""
+    noise = torch.rand(N, V, generator=torch.Generator().manual_seed(6))
+    tokens = sample_with_noise(torch.tensor(LOGITS).expand(N, V), noise, temperature, top_p, top_k)
+    assert_matches(counts_of(tokens, V), ref_probs(LOGITS, temperature, top_p, top_k), N)
+
+
+@pytest.mark.parametrize("kind", ["prob", "margin", "neg_entropy"])
+@pytest.mark.parametrize("temperature,top_p,top_k", SETTINGS + [(0.0, 0.95, None), (0.0, 0.7, None), (0.0, None, 3)])
 def test_confidence_kinds(kind, temperature, top_p, top_k) -> None:
     expected = ref_probs(LOGITS, temperature, top_p, top_k)
     conf, tokens = sample_tokens(torch.tensor(LOGITS).expand(64, V), temperature, top_p, top_k, confidence=kind,
