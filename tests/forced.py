@@ -69,16 +69,16 @@ def forced_lm(tokenizer, table: dict[int, int], default: int, uniform: tuple[int
 def write_forced_pair(tiny: Path, out: Path, rule: str = "lines") -> Path:
     """OUT/ar and OUT/dllm with the tiny checkpoints' tokenizers and forced weights; the diffusion
     mask predicts nothing in particular.
-    - "lines": after any token comes "x", after "x" a newline; both models write "x\\nx\\nx..."
-      (multi-line, never blank), whatever the document.
+    - "lines": the cycle "x", "=", "1", newline (any other token is followed by "x"); both models
+      write "x=1\\nx=1\\n..." (multi-line, never blank), whatever the document.
     - "end": after any token comes <|endoftext|>; every completion is empty."""
     from transformers import AutoTokenizer
 
     for role in ("ar", "dllm"):
         tok = AutoTokenizer.from_pretrained(tiny / role)
         eos = tok.convert_tokens_to_ids("<|endoftext|>")
-        x, nl = token(tok, "x"), token(tok, "\n")
-        table, default = ({x: nl}, x) if rule == "lines" else ({}, eos)
+        x, eq, one, nl = (token(tok, c) for c in "x=1\n")
+        table, default = ({x: eq, eq: one, one: nl}, x) if rule == "lines" else ({}, eos)
         uniform = (tok.convert_tokens_to_ids(tok.mask_token),) if role == "dllm" else ()
         model = bigram_model(tok, table, default, uniform)
         model.config.eos_token_id = model.config.pad_token_id = eos
