@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fim_lsp.engine.config import EngineConfig
-from fim_lsp.engine.ensemble import Engine
+from fim_lsp.engine.ensemble import Engine, FimRequest
 from fim_lsp.engine.results import Generation, Score
 from forced import write_forced_pair
 
@@ -55,9 +55,14 @@ def config(tiny: Path, **kw) -> EngineConfig:
 
 
 def test_candidates_are_qwen_first_then_diffusion_by_ascending_length(tiny_models: Path) -> None:
-    out = Engine(config(tiny_models)).complete(PREFIX, SUFFIX)
-    assert [(c.model, c.hole_length) for c in out.candidates] == \
+    """Lengths given out of order and repeated; a batch whose second request is single-line (its own
+    lengths): each request gets its own candidates, in the documented order."""
+    engine = Engine(config(tiny_models, dllm_lengths_single_line=(16, 4, 8)))
+    whole, single = engine.complete_batch([FimRequest(PREFIX, SUFFIX), FimRequest(PREFIX, SUFFIX, single_line=True)])
+    assert [(c.model, c.hole_length) for c in whole.candidates] == \
         [("qwen", None), ("dllm", 8), ("dllm", 16), ("dllm", 32)]
+    assert [(c.model, c.hole_length) for c in single.candidates] == \
+        [("qwen", None), ("dllm", 4), ("dllm", 8), ("dllm", 16)]
 
 
 @pytest.mark.parametrize("score_reuse", [True, False])
