@@ -85,3 +85,21 @@ def write_forced_pair(tiny: Path, out: Path, rule: str = "lines") -> Path:
         model.save_pretrained(out / role)
         tok.save_pretrained(out / role)
     return out
+
+
+def write_forced(tiny_ar: Path, out: Path, line: str = "x = 1\n") -> list[int]:
+    """OUT: an autoregressive checkpoint (the tiny one's tokenizer) that writes `line` over and over
+    after any FIM prompt: <|fim_middle|> and every other token are followed by the line's first token,
+    each of its tokens by the next. Returns the line's ids (they must all differ)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_ar)
+    cycle = encode(tok, line)
+    assert len(set(cycle)) == len(cycle), f"{line!r} repeats a token: the successor would be ambiguous"
+    table = {a: b for a, b in zip(cycle, cycle[1:])}
+    model = bigram_model(tok, table, default=cycle[0])
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    model.config.eos_token_id = model.config.pad_token_id = eos
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return cycle

@@ -60,7 +60,7 @@ def generate_on(path: str, lm, params: ArParams):
     """One completion of (PREFIX, SUFFIX) on the eager path or the static one (uncompiled on CPU)."""
     gen = torch.Generator().manual_seed(0)
     if path == "static":
-        return StaticGenerator(lm, cpu_compile=False).generate([(PREFIX, SUFFIX)], params, gen)[0][0]
+        return StaticGenerator(lm).generate([(PREFIX, SUFFIX)], params, gen)[0][0]
     return generate_fim(lm, [(PREFIX, SUFFIX)], params, gen)[0]
 
 

@@ -2,7 +2,7 @@
 documents, stale candidates, positions past the end, a completion cut inside a character.
 
 A real server over stdio, driven by pytest-lsp's client. What it writes is forced, never left to a
-random model: its Qwen is a forced checkpoint (forced_model.py) that writes "x", "é" (as two byte
+random model: its Qwen is a forced checkpoint (forced.write_forced) that writes "x", "é" (as two byte
 tokens), "x", ... whatever the context, so the token limit decides where the text ends."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from forced_model import write_forced
+from forced import write_forced
 from server_client import FAST, Session, start_server
 
 # Module-scoped, like test_server.py: each test restores what it configures.

@@ -111,7 +111,6 @@ def test_worker_latest_request_wins_and_cancels_at_the_next_step() -> None:
     async def scenario() -> tuple[list[str], float, threading.Thread]:
         before = set(threading.enumerate())
         worker = ModelWorker(asyncio.get_running_loop())
-        (thread,) = set(threading.enumerate()) - before
         steps: list[str] = []
 
         def loop(name: str, n: int):
@@ -126,6 +125,7 @@ def test_worker_latest_request_wins_and_cancels_at_the_next_step() -> None:
             return fn
 
         first = worker.submit(loop("a", 1000), key="doc")
+        (thread,) = set(threading.enumerate()) - before  # the model thread starts with the first job
         await asyncio.sleep(0.05)
         second = worker.submit(loop("b", 5), key="doc")
         t = time.perf_counter()

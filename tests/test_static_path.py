@@ -26,7 +26,7 @@ from fim_lsp.engine.loading import encode, load_model, mask_token_id
 from fim_lsp.engine.scorer import score_on_prompt
 from fim_lsp.engine.static_model import StaticQwen2
 
-from forced_model import write_forced
+from forced import write_forced
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -87,7 +87,8 @@ def test_compiled_decode_emits_the_eager_tokens_at_temperature_0(talkative):
     eager, eager_prompt = generate_fim_keep_prompt(talkative, REQUESTS, params)
     static = StaticGenerator(talkative, "default")
     compiled, static_prompt = static.generate(REQUESTS, params)
-    assert all(len(g.token_ids) == 12 for g in eager)  # a real loop, not one token
+    # a real loop, not one token (a partial character at the budget is dropped, hence not always 12)
+    assert all(g.forward_passes == 12 and len(g.token_ids) >= 9 for g in eager)
     for e, c in zip(eager, compiled):
         assert c.token_ids == e.token_ids
         assert c.forward_passes == e.forward_passes == 12

@@ -148,7 +148,12 @@ def decode_whole(tokenizer: Any, ids: list[int]) -> tuple[list[int], str]:
     generation cut by its budget can stop between the bytes of one character, and a candidate's text,
     tokens and perplexity must describe the same whole characters."""
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    while ids and text.endswith("\ufffd"):
-        ids = ids[:-1]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+    # A UTF-8 character is at most 4 bytes, so a cut leaves at most 3 of them (3 byte tokens at most).
+    # Text that still ends in U+FFFD after dropping those is invalid bytes the model wrote: keep it.
+    for cut in range(1, min(3, len(ids)) + 1):
+        if not text.endswith("\ufffd"):
+            break
+        shorter = tokenizer.decode(ids[:-cut], skip_special_tokens=True)
+        if not shorter.endswith("\ufffd"):
+            return ids[:-cut], shorter
     return ids, text
