@@ -47,6 +47,7 @@ USER_SETTINGS = {
     "editor.suggestOnTriggerCharacters": False,
     "editor.wordBasedSuggestions": "off",
     "editor.inlineSuggest.enabled": True,
+    "workbench.secondarySideBar.defaultVisibility": "hidden",
     "files.autoSave": "afterDelay",
     "files.autoSaveDelay": 200,
 }
@@ -78,10 +79,14 @@ def vsix(setup: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Pat
     """The extension as it is in this checkout, compiled and packaged."""
     out = tmp_path_factory.mktemp("vsix") / "fim-lsp.vsix"
     env = node_env(setup)
-    subprocess.run(["npm", "run", "compile"], cwd=EXT, env=env, check=True, capture_output=True, timeout=300)
-    subprocess.run([setup["vsce"], "package", "--allow-missing-repository", "--skip-license", "--out", str(out)],
-                   cwd=EXT, env=env, check=True, capture_output=True, timeout=300)
+    run(["npm", "run", "compile"], cwd=EXT, env=env)
+    run([setup["vsce"], "package", "--allow-missing-repository", "--skip-license", "--out", str(out)], cwd=EXT, env=env)
     return out
+
+
+def run(cmd: list[str], **kwargs: Any) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
 
 
 def free_port() -> int:
@@ -193,12 +198,12 @@ def workbench(setup: dict[str, str], vsix: Path, tiny_models: Path, tmp_path: Pa
     source = work / "geometry.py"
     source.write_text(SOURCE, encoding="utf-8")
 
-    # code-server writes a config and logs under the XDG dirs, the server its log: all go here.
+    # code-server writes a config and logs under the XDG dirs, the server its log, Chromium its
+    # crash reports: all go here, not to $HOME.
     xdg = {f"XDG_{name}_HOME": str(tmp_path / "xdg" / name.lower()) for name in ("CONFIG", "DATA", "STATE", "CACHE")}
     env = {**node_env(setup), **xdg, "HF_HUB_OFFLINE": "1"}
     dirs = ["--user-data-dir", str(user_data), "--extensions-dir", str(extensions)]
-    subprocess.run([setup["code_server"], *dirs, "--install-extension", str(vsix)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    run([setup["code_server"], *dirs, "--install-extension", str(vsix)], env=env)
     port = free_port()
     log = (tmp_path / "code-server.log").open("wb")
     proc = subprocess.Popen(
@@ -217,7 +222,7 @@ def workbench(setup: dict[str, str], vsix: Path, tiny_models: Path, tmp_path: Pa
                 assert time.monotonic() < deadline, "code-server did not listen within 120 s"
                 time.sleep(0.2)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=setup["chromium"])
+            browser = pw.chromium.launch(executable_path=setup["chromium"], env={**os.environ, **xdg})
             try:
                 page = browser.new_page(viewport={"width": 1100, "height": 520})
                 page.set_default_timeout(90_000)
