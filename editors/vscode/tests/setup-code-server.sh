@@ -47,7 +47,7 @@ XDG_CONFIG_HOME="$DIR/xdg" XDG_DATA_HOME="$DIR/xdg" "$CODE_SERVER" --version | h
 
 echo "setup-code-server: vsce $VSCE_VERSION, the extension's node modules"
 npm install --prefix "$DIR/vsce" --no-audit --no-fund --loglevel=error "@vscode/vsce@$VSCE_VERSION"
-(cd "$EXT" && npm ci --no-audit --no-fund --loglevel=error)
+[ -d "$EXT/node_modules" ] || (cd "$EXT" && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "setup-code-server: playwright $PLAYWRIGHT_VERSION into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
 "$PYTHON" -m pip install -q "playwright==$PLAYWRIGHT_VERSION"
