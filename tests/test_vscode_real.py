@@ -53,7 +53,9 @@ USER_SETTINGS = {
 }
 
 
-def load_setup() -> dict[str, str]:
+@pytest.fixture(scope="module")
+def setup() -> dict[str, str]:
+    """Paths to Node 24, code-server, vsce and Chromium, as the setup script wrote them."""
     ready = SETUP / "ready.json"
     if not ready.exists():
         pytest.skip(f"no real VS Code here ({ready} is missing): {SETUP_HINT}")
@@ -62,11 +64,6 @@ def load_setup() -> dict[str, str]:
     except ImportError:
         pytest.skip(f"playwright is not installed in this Python: {SETUP_HINT}")
     return json.loads(ready.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def setup() -> dict[str, str]:
-    return load_setup()
 
 
 def node_env(setup: dict[str, str]) -> dict[str, str]:
@@ -97,18 +94,21 @@ def free_port() -> int:
 
 @dataclass
 class Workbench:
+    """A browser page on code-server, with the workspace's Python file and the user-data dir."""
+
     page: Any
     source: Path
     user_data: Path
     gate: Path | None
 
-    def status(self, text: str, timeout_s: float) -> None:
-        """Waits until the extension's status bar item reads `text` (the icon aside)."""
-        item = self.page.locator(".statusbar-item", has_text=re.compile(r"^\s*FIM "))
-        item.filter(has_text=text).first.wait_for(timeout=timeout_s * 1000)
+    @property
+    def status_item(self) -> Any:
+        """The extension's status bar item (its text after the icon starts with "FIM ")."""
+        return self.page.locator(".statusbar-item", has_text=re.compile(r"^\s*FIM "))
 
-    def status_text(self) -> str:
-        return self.page.locator(".statusbar-item", has_text=re.compile(r"^\s*FIM ")).first.inner_text().strip()
+    def status(self, text: str, timeout_s: float) -> None:
+        """Waits until the status bar item reads `text`."""
+        self.status_item.filter(has_text=text).first.wait_for(timeout=timeout_s * 1000)
 
     def open_source(self) -> None:
         self.page.get_by_role("treeitem", name=self.source.name).click()
@@ -180,7 +180,7 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 def workbench(setup: dict[str, str], vsix: Path, tiny_models: Path, tmp_path: Path,
               request: pytest.FixtureRequest) -> Iterator[Workbench]:
     """A fresh code-server with the extension installed, a workspace holding one Python file, and a
-    browser page on it. `request.param`, when given, is a gate file the server waits for."""
+    browser page on it. With `request.param` true the server waits for the file `Workbench.gate`."""
     from playwright.sync_api import sync_playwright
 
     gate = tmp_path / "gate" if getattr(request, "param", False) else None
@@ -269,7 +269,7 @@ def test_keys_typed_while_starting_get_a_completion_once_ready(workbench: Workbe
     workbench.type(TYPED)
     before = workbench.saved_text(grown_from=SOURCE)
     assert before == SOURCE + TYPED
-    assert workbench.status_text().endswith("FIM starting")
+    assert workbench.status_item.first.inner_text().strip() == "FIM starting"
     assert workbench.gate is not None
     workbench.gate.write_text("")
     workbench.status("FIM ready", timeout_s=120)
