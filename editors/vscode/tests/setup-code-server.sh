@@ -28,8 +28,9 @@ command -v chromium >/dev/null || missing+=(chromium)
 dpkg -s libkrb5-dev >/dev/null 2>&1 || missing+=(libkrb5-dev)
 if ((${#missing[@]})); then
   echo "setup-code-server: apt-get install ${missing[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  apt=(apt-get -q -o DPkg::Lock::Timeout=300)   # wait for another apt rather than fail
+  "${apt[@]}" update >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y "${missing[@]}" >/dev/null
 fi
 
 echo "setup-code-server: Node $NODE_VERSION"
