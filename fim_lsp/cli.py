@@ -45,6 +45,9 @@ def complete_main(argv: list[str]) -> int:
     src.add_argument("--line", type=int)
     src.add_argument("--col", type=int)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--single-line", action="store_true",
+                        help="the server's mid-line mode: Qwen stops at the first newline after text, "
+                             "the diffusion model tries --dllm-lengths-single-line")
     add_engine_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="fim-lsp: %(message)s")
@@ -60,7 +63,7 @@ def complete_main(argv: list[str]) -> int:
             parser.error("give --prefix-file [--suffix-file], or --file --line --col")
         engine = Engine(config_from_args(args))
         engine.load()
-        result = engine.complete(prefix, suffix)
+        result = engine.complete(prefix, suffix, single_line=args.single_line)
     except (ModelLoadError, OutOfMemory, ValueError, OSError) as err:
         print(f"fim-lsp: error: {err}", file=sys.stderr)
         return 2

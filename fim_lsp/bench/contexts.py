@@ -22,6 +22,7 @@ class Context:
     task_id: str
     prefix: str
     suffix: str
+    middle: str  # the reference line (HumanEval's canonical solution line, its newline included)
     target_tokens: int  # what was asked for
     prefix_tokens: int  # what the cut produced, counted with the autoregressive tokenizer
     suffix_tokens: int
@@ -81,7 +82,8 @@ def make_contexts(problems: list[dict[str, Any]], tokenizer: Any, context_tokens
         prefix = tokenizer.decode(pre_ids[-want_pre:])
         suffix = tokenizer.decode(suf_ids[:want_suf]) if want_suf else ""
         # Re-encoding a cut can merge or split a token at the cut: record the count actually sent.
-        out.append(Context(task_id=row["task_id"], prefix=prefix, suffix=suffix, target_tokens=context_tokens,
+        out.append(Context(task_id=row["task_id"], prefix=prefix, suffix=suffix, middle=row["canonical_solution"],
+                           target_tokens=context_tokens,
                            prefix_tokens=len(encode(tokenizer, prefix)),
                            suffix_tokens=len(encode(tokenizer, suffix))))
     return out

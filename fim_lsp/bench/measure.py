@@ -3,7 +3,10 @@ per stage (hooks on each model's first decoder layer), and peak memory per stage
 
 Why hooks on layer 0 rather than the model's forward: every path through the network, whether the
 CausalLM forward, the base model or a KV-cached partial pass, runs the first decoder layer exactly once,
-and its input's length is the number of positions that pass computed."""
+and its input's length is the number of positions that pass computed.
+
+A compiled engine (`Engine.compiled`: captured CUDA graphs) gets no hooks: a hook would force a recompile
+and never fires inside a graph replay. Its forward passes are the engine's own counts, positions unknown."""
 from __future__ import annotations
 
 import os
@@ -29,8 +32,8 @@ class Pass:
 @dataclass
 class StageSample:
     seconds: float
-    forward_passes: int  # counted by the hooks
-    positions: int  # query positions run through the network
+    forward_passes: int | None  # counted by the hooks; compiled: the engine's count (None for scoring)
+    positions: int | None  # query positions run through the network; None when compiled
     out_tokens: int  # tokens the stage produced (generators) or the candidate tokens it scored
     peak_mb: float | None  # peak memory above the pre-call baseline during the stage
 
@@ -48,12 +51,28 @@ class Sample:
     # the process's absolute peak during the call (CPU: RSS high-water mark, so the loaded weights of
     # every engine in the process count; CUDA: torch's max_memory_allocated)
     abs_peak_mb: float | None
-    reported_passes: dict[str, int]  # the engine's own Candidate.forward_passes, for cross-checking
-    texts: dict[str, str] = field(default_factory=dict)  # model -> candidate text, plus "winner"
+    # the engine's own Candidate.forward_passes per model, for cross-checking; several diffusion
+    # candidates run as one batch, so the diffusion figure is the batch's (the most any row needed)
+    reported_passes: dict[str, int]
+    # candidate key -> text, plus "winner"; the key is the model, or "dllm-<length>" when the diffusion
+    # model filled several hole lengths
+    texts: dict[str, str] = field(default_factory=dict)
     # model -> candidate text re-encoded by that model's tokenizer (Candidate keeps no ids); the
     # agreement with the exact path is counted on these
     token_ids: dict[str, list[int]] = field(default_factory=dict)
     winner: str | None = None
+    hooked: bool = True  # forward passes counted by hooks (False: a compiled engine's own counts)
+    single_line: bool = False  # the request's single-line flag
+    qwen_budget: int | None = None  # the request's max_new_tokens (the server variant's simulated stop)
+    qwen_prefill_s: float | None = None  # seconds of Qwen's prompt pass, when the engine reports it
+
+    @property
+    def qwen_decode_ms_per_token(self) -> float | None:
+        """Qwen's time after its prompt pass over the tokens decoded after the first."""
+        st = self.stages.get("qwen")
+        if st is None or self.qwen_prefill_s is None or st.forward_passes is None or st.forward_passes < 2:
+            return None
+        return (st.seconds - self.qwen_prefill_s) / (st.forward_passes - 1) * 1000
 
 
 def first_layer(model: Any) -> torch.nn.Module:
@@ -174,12 +193,17 @@ def _mb(value: int | None, base: int | None) -> float | None:
     return max(0, value - base) / 2**20
 
 
+def _key(c: Any, several: bool) -> str:
+    return f"{c.model}-{c.hole_length}" if several and c.model == "dllm" else c.model
+
+
 def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, context_tokens: int,
             hole_tokens: int) -> Sample:
     """Run one completion through `engine.complete_batch` and measure it."""
     device = next(lm for lm in (engine.ar, engine.dllm) if lm is not None).device
+    hooked = not engine.compiled
     recorder = PassRecorder({"ar": getattr(engine.ar, "model", None), "dllm": getattr(engine.dllm, "model", None),
-                             "scorer": getattr(engine.scorer, "model", None)})
+                             "scorer": getattr(engine.scorer, "model", None)} if hooked else {})
     sampler = MemorySampler(device)
     try:
         if device.type == "cuda":
@@ -196,28 +220,38 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
     finally:
         recorder.close()
     windows = stage_windows(start, end, comp.timings)
-    cands = {c.model: c for c in comp.candidates}
+    reported: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    for c in comp.candidates:
+        reported[c.model] = max(reported.get(c.model, 0), c.forward_passes)
+        tokens[c.model] = tokens.get(c.model, 0) + c.tokens
     stages: dict[str, StageSample] = {}
     for stage in STAGES:
         if stage not in comp.timings:
             continue
         lo, hi = windows[stage]
-        if stage == "dllm":  # only the diffusion model runs in this stage: no need for the window
-            ps = [p for p in recorder.passes if p.role == "dllm"]
+        if not hooked:
+            passes, positions = reported.get(stage), None
         else:
-            ps = [p for p in recorder.passes if p.role != "dllm" and (p.t >= lo if stage == "score" else p.t < windows["score"][0])]
+            if stage == "dllm":  # only the diffusion model runs in this stage: no need for the window
+                ps = [p for p in recorder.passes if p.role == "dllm"]
+            else:
+                ps = [p for p in recorder.passes if p.role != "dllm"
+                      and (p.t >= lo if stage == "score" else p.t < windows["score"][0])]
+            passes, positions = len(ps), sum(p.positions for p in ps)
         # generators: the tokens they produced; scoring: the candidate tokens it scored
-        out_tokens = cands[stage].tokens if stage in cands else sum(c.tokens for c in comp.candidates)
-        stages[stage] = StageSample(seconds=comp.timings[stage], forward_passes=len(ps),
-                                    positions=sum(p.positions for p in ps), out_tokens=out_tokens,
-                                    peak_mb=_mb(sampler.max_between(lo, hi), base))
-    texts = {c.model: c.text for c in comp.candidates}
+        out_tokens = tokens[stage] if stage in tokens else sum(c.tokens for c in comp.candidates)
+        stages[stage] = StageSample(seconds=comp.timings[stage], forward_passes=passes, positions=positions,
+                                    out_tokens=out_tokens, peak_mb=_mb(sampler.max_between(lo, hi), base))
+    several = sum(c.model == "dllm" for c in comp.candidates) > 1
+    texts = {_key(c, several): c.text for c in comp.candidates}
     texts["winner"] = comp.text
     tokenizers = {"qwen": getattr(engine.ar, "tokenizer", None), "dllm": getattr(engine.dllm, "tokenizer", None)}
-    token_ids = {c.model: encode(tokenizers[c.model], c.text) for c in comp.candidates
+    token_ids = {_key(c, several): encode(tokenizers[c.model], c.text) for c in comp.candidates
                  if tokenizers.get(c.model) is not None}
     return Sample(variant=variant, context=context, repeat=repeat, context_tokens=context_tokens,
                   hole_tokens=hole_tokens, stages=stages, total_seconds=comp.timings.get("total", end - start),
-                  total_peak_mb=_mb(total_peak, base), abs_peak_mb=_mb(total_peak, 0),
-                  reported_passes={c.model: c.forward_passes for c in comp.candidates},
-                  texts=texts, token_ids=token_ids, winner=comp.winner.model if comp.winner else None)
+                  total_peak_mb=_mb(total_peak, base), abs_peak_mb=_mb(total_peak, 0), reported_passes=reported,
+                  texts=texts, token_ids=token_ids, winner=comp.winner.model if comp.winner else None,
+                  hooked=hooked, single_line=request.single_line, qwen_budget=request.max_new_tokens,
+                  qwen_prefill_s=comp.timings.get("qwen_prefill"))

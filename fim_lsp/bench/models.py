@@ -77,17 +77,27 @@ def _model(shape: Shape, rows: int, seed: int, eos: int) -> Any:
 def write_random(outdir: Path, shape_name: str, data_dir: Path | None) -> Checkpoints:
     """Write outdir/ar and outdir/dllm. An outdir already holding the same shape and tokenizer is
     reused: a real-shape pair is ~4 GB and takes a while to initialise on a small CPU."""
+    import torch
+
     shape = SHAPES[shape_name]
     outdir = Path(outdir)
     marker = outdir / "bench-shape.json"
     ar_tok, dllm_tok, tok_desc = _tokenizers(data_dir)
-    want = {"shape": asdict(shape), "tokenizer": tok_desc}
+    want = {"shape": asdict(shape), "tokenizer": tok_desc, "stop_rows": "zeroed"}
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return Checkpoints(outdir / "ar", outdir / "dllm", shape_name, tok_desc)
     for role, tok, seed in (("ar", ar_tok, 1), ("dllm", dllm_tok, 2)):
         # Real checkpoints pad the vocabulary rows past the tokenizer (151936 rows, 151665 tokens).
         rows = max(shape.vocab_rows, (len(tok) + 63) // 64 * 64)
         model = _model(shape, rows, seed, tok.convert_tokens_to_ids("<|endoftext|>"))
+        if role == "ar":
+            # A random network can echo its last input (tied embeddings): after <|fim_middle|> that is a stop
+            # token, and a completion of no tokens would time nothing. Zero rows: Qwen never stops by itself,
+            # and the bench decides where it stops (the server variant's simulated stop).
+            from fim_lsp.engine.ar_fim import stop_ids
+
+            with torch.no_grad():
+                model.get_output_embeddings().weight[stop_ids(tok)] = 0
         model.save_pretrained(outdir / role)
         tok.save_pretrained(outdir / role)
         del model

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .measure import STAGES
-from .stats import GroupReport, TARGETS
+from .stats import SERVER_TARGETS, TARGETS, GroupReport
 
 CHECK_TEXT = {
     "editor_dllm_passes": "editor: diffusion forward passes per completion",
@@ -55,7 +55,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
+def print_group(rep: GroupReport, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call, so a redirected stdout is honoured
     first = next(iter(rep.summaries.values()), None)
     w = out.write
     w(f"\n== context {rep.context_tokens} tokens, hole {rep.hole_tokens} tokens, "
@@ -70,7 +71,17 @@ def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
               f"{_f(st.positions, 0):>11}{_f(st.tokens, 1):>8}{_f(st.peak_mb, 0):>9}\n")
         w(f"{name:<22}{'total':<7}{_f(s.total_p50_s):>9}{_f(s.total_p90_s):>9}{'':>8}{'':>11}{'':>8}"
           f"{_f(s.total_peak_mb, 0):>9}{_f(s.abs_peak_mb, 0):>8}\n")
-    w(f"\nratios, measured in this run (Qwen alone = its generation, p50 {_f(rep.ratios.get('qwen_alone_p50_s'))} s)\n")
+    for name, s in rep.summaries.items():
+        if s.qwen_decode_ms_per_token_p50 is not None:
+            w(f"{name}: Qwen decode {_f(s.qwen_decode_ms_per_token_p50, 2)} ms/token (p50; its time after the "
+              f"prompt pass over its forward passes after the first)\n")
+    if not all(s.hooked for s in rep.summaries.values()):
+        w("  compiled engine: forward passes are the engine's own counts (scoring's unknown), positions unknown: "
+          "hooks would force recompiles and never fire inside a CUDA graph replay\n")
+    alone = ", ".join(f"{k[:-6].replace('_', '-')} p50 {_f(v)} s" for k, v in rep.ratios.items()
+                      if k.endswith("_p50_s"))
+    w(f"\nratios, measured in this run (/qwen: over the Qwen alone in the same configuration, its generation: "
+      f"{alone})\n")
     w(f"{'variant':<22}{'/qwen':>7}{'score%':>8}{'/exact':>8}{'dllm t':>8}{'dllm fp':>8}{'score t':>8}"
       f"{'score fp':>9}{'tok agree':>10}{'dllm same':>10}{'win same':>9}\n")
     for name, r in rep.ratios.items():
@@ -91,8 +102,34 @@ def print_group(rep: GroupReport, out: TextIO = sys.stdout) -> None:
     if rep.checks:
         w("targets (issue 6; they apply to random real-shape weights, CPU, 256-token context, 16-token hole)\n")
         for key, c in rep.checks.items():
-            w(f"  {CHECK_TEXT[key]}: {_f(c['measured'], 3)} (target <= {TARGETS[key]}) "
-              f"{'met' if c['met'] else 'NOT met'}\n")
+            w(f"  {CHECK_TEXT[key]}: {_f(c['measured'], 3)} (target <= {TARGETS[key]}) {verdict(c)}\n")
+
+
+def verdict(check: dict[str, Any]) -> str:
+    if check["measured"] is None:
+        return "NOT met (not measured)"
+    return "met" if check["met"] else "NOT met"
+
+
+def server_check_text(key: str) -> str:
+    t = SERVER_TARGETS[key]
+    what = {"total_p50_s": "latency p50 s", "total_p90_s": "latency p90 s",
+            "over_qwen": "ensemble over Qwen alone (p50)"}[t.figure]
+    return f"server, {t.context_tokens}-token context: {what}"
+
+
+def print_server_targets(checks: dict[str, dict[str, Any]], decode_ms: dict[int, float | None],
+                         load_s: dict[str, float], out: TextIO | None = None) -> None:
+    """Issue 9's targets for the server variant (meant for an H100, bf16), each with its verdict."""
+    w = (out or sys.stdout).write
+    w("\ntargets (issue 9; the server variant, meant for an H100 in bf16)\n")
+    for key, c in checks.items():
+        w(f"  {server_check_text(key)}: {_f(c['measured'], 3)} (target <= {c['limit']}) {verdict(c)}\n")
+    for n, ms in decode_ms.items():
+        w(f"  server, {n}-token context: Qwen decode ms/token (p50): "
+          f"{_f(ms, 2) if ms is not None else 'not reported by the engine (no qwen_prefill timing)'}\n")
+    for models, seconds in load_s.items():
+        w(f"  load, models={models} (compile and capture included when compiled): {seconds:.1f} s\n")
 
 
 def to_json(meta: dict[str, Any], variants: list[Any], samples: list[Any], groups: list[GroupReport]) -> str:

@@ -6,13 +6,32 @@ from typing import Any
 
 from ..percentile import percentile
 from .measure import STAGES, Sample
+from .variants import QWEN_ALONE_KINDS, denominator
 
 # Issue 6's targets, meant for random real-shape weights on CPU at a 256-token context and a 16-token hole.
 TARGETS = {"editor_dllm_passes": 12.0, "editor_over_qwen": 2.0, "editor_score_share": 0.10}
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+@dataclass(frozen=True)
+class ServerTarget:
+    context_tokens: int
+    figure: str  # "total_p50_s", "total_p90_s" or "over_qwen" (total p50 over Qwen alone's generation p50)
+    limit: float
+
+
+# Issue 9's targets for the server variant, meant for an H100 (bf16) at these context lengths.
+SERVER_TARGETS = {
+    "server_p50_256": ServerTarget(256, "total_p50_s", 0.150),
+    "server_p90_256": ServerTarget(256, "total_p90_s", 0.250),
+    "server_p50_1024": ServerTarget(1024, "total_p50_s", 0.200),
+    "server_over_qwen_256": ServerTarget(256, "over_qwen", 1.3),
+    "server_over_qwen_1024": ServerTarget(1024, "over_qwen", 1.3),
+}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -39,6 +58,8 @@ class VariantSummary:
     total_peak_mb: float | None
     abs_peak_mb: float | None
     engine_passes: dict[str, float]  # mean of the engine's own Candidate.forward_passes
+    qwen_decode_ms_per_token_p50: float | None = None  # when the engine reports Qwen's prefill time
+    hooked: bool = True  # every sample's forward passes were counted by hooks
 
 
 def summarize(samples: list[Sample]) -> VariantSummary:
@@ -60,7 +81,10 @@ def summarize(samples: list[Sample]) -> VariantSummary:
         total_p50_s=percentile(totals, 0.5), total_p90_s=percentile(totals, 0.9),
         total_peak_mb=max(peaks) if peaks else None,
         abs_peak_mb=max((s.abs_peak_mb for s in samples if s.abs_peak_mb is not None), default=None),
-        engine_passes={m: _mean([s.reported_passes[m] for s in samples if m in s.reported_passes]) for m in models})
+        engine_passes={m: _mean([s.reported_passes[m] for s in samples if m in s.reported_passes]) for m in models},
+        qwen_decode_ms_per_token_p50=percentile(
+            [d for d in (s.qwen_decode_ms_per_token for s in samples) if d is not None], 0.5),
+        hooked=all(s.hooked for s in samples))
 
 
 def agreement(exact: list[Sample], other: list[Sample]) -> dict[str, Any]:
@@ -121,19 +145,21 @@ def group_report(context_tokens: int, hole_tokens: int, by_variant: dict[str, li
                  kinds: dict[str, str]) -> GroupReport:
     sums = {name: summarize(ss) for name, ss in by_variant.items() if ss}
     rep = GroupReport(context_tokens, hole_tokens, sums)
-    qwen = sums.get("qwen-alone")
     exact = sums.get("exact")
     # Qwen alone is its generation only: no ensemble, nothing to choose between, so no scoring pass.
-    qwen_s = _stage(qwen, "qwen", "p50_s")
-    rep.ratios["qwen_alone_p50_s"] = qwen_s
+    for name in QWEN_ALONE_KINDS:
+        if name in sums:
+            rep.ratios[f"{name.replace('-', '_')}_p50_s"] = _stage(sums[name], "qwen", "p50_s")
     for name, s in sums.items():
-        if kinds.get(name) == "qwen-alone":
+        kind = kinds.get(name, "")
+        if kind in QWEN_ALONE_KINDS:
             continue
         r: dict[str, Any] = {
-            "ensemble_over_qwen_alone": _ratio(s.total_p50_s, qwen_s),
+            "ensemble_over_qwen_alone": _ratio(s.total_p50_s, _stage(sums.get(denominator(kind)), "qwen", "p50_s")),
             "score_share_of_total": _score_share(by_variant[name]),
         }
-        if exact is not None and name != "exact":
+        # the server variant runs another temperature and hole length: nothing to compare with the exact path
+        if exact is not None and name != "exact" and kind != "server":
             r["total_over_exact"] = _ratio(s.total_p50_s, exact.total_p50_s)
             for stage in STAGES:
                 r[f"{stage}_time_over_exact"] = _ratio(_stage(s, stage, "p50_s"), _stage(exact, stage, "p50_s"))
@@ -150,5 +176,26 @@ def group_report(context_tokens: int, hole_tokens: int, by_variant: dict[str, li
                   "editor_score_share": rep.ratios["editor"]["score_share_of_total"]}
         for key, limit in TARGETS.items():
             v = values[key]
-            rep.checks[key] = {"measured": v, "limit": limit, "met": v is not None and v <= limit}
+            rep.checks[key] = _check(v, limit)
     return rep
+
+
+def _check(value: float | None, limit: float) -> dict[str, Any]:
+    return {"measured": value, "limit": limit, "met": value is not None and value <= limit}
+
+
+def server_checks(groups: list[GroupReport], variant: str = "server") -> dict[str, dict[str, Any]]:
+    """Issue 9's targets, each from the first group at its context length that measured the server variant
+    (the server variant has no hole length: every group runs the same requests). A target whose context
+    was not run is measured None, not met."""
+    out = {}
+    for key, t in SERVER_TARGETS.items():
+        g = next((g for g in groups if g.context_tokens == t.context_tokens and variant in g.summaries), None)
+        if g is None:
+            value = None
+        elif t.figure == "over_qwen":
+            value = g.ratios[variant]["ensemble_over_qwen_alone"]
+        else:
+            value = getattr(g.summaries[variant], t.figure)
+        out[key] = _check(value, t.limit) | {"context_tokens": t.context_tokens, "figure": t.figure}
+    return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .line_stop import LineStop
 from .loading import LoadedModel, cache_kwarg, encode, output_cache, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
@@ -14,7 +15,6 @@ FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_
 # Any of these ends a completion: the model has left the hole.
 STOP_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
                "<|repo_name|>", "<|file_sep|>", "<|im_start|>", "<|im_end|>")
-
 
 
 @dataclass
@@ -38,10 +38,24 @@ def stop_ids(tokenizer) -> list[int]:
 
 
 @dataclass
+class RowLimits:
+    """Per-request limits of one batch: token budgets, and which rows are single-line (those stop
+    after the first newline that follows non-blank text; `line_stop` holds the tables)."""
+
+    budgets: list[int]
+    single_line: list[bool]
+    line_stop: LineStop | None = None
+
+    @classmethod
+    def uniform(cls, n: int, params: ArParams) -> "RowLimits":
+        return cls([params.max_new_tokens] * n, [False] * n)
+
+
+@dataclass
 class PromptState:
     """What the scorer needs to score more completions on the already-encoded FIM prompts."""
 
-    cache: object  # the KV cache, cropped to the prompts (transformers DynamicCache)
+    cache: object  # the KV cache of the prompts: transformers DynamicCache, or static_model.KVCache
     attn: torch.Tensor  # [B, W] left-padded prompt mask
     first_logprobs: torch.Tensor  # [B, V] log P(first middle token | prompt), full vocabulary rows
 
@@ -52,9 +66,10 @@ def generate_fim(
     params: ArParams,
     generator: torch.Generator | None = None,
     cancel: CancelCheck | None = None,
+    limits: RowLimits | None = None,
 ) -> list[Generation]:
     """Generate one middle per (prefix, suffix), all in one left-padded batch."""
-    return generate_fim_keep_prompt(lm, requests, params, generator, cancel)[0]
+    return generate_fim_keep_prompt(lm, requests, params, generator, cancel, limits)[0]
 
 
 def generate_fim_keep_prompt(
@@ -63,10 +78,14 @@ def generate_fim_keep_prompt(
     params: ArParams,
     generator: torch.Generator | None = None,
     cancel: CancelCheck | None = None,
+    limits: RowLimits | None = None,
 ) -> tuple[list[Generation], PromptState]:
     """generate_fim, also returning the prompts' KV cache for scoring other completions on it.
     Log-probs are taken over the full vocabulary rows, untempered, exactly as the scorer's."""
     start = time.perf_counter()
+    limits = limits or RowLimits.uniform(len(requests), params)
+    if any(limits.single_line) and limits.line_stop is None:
+        limits.line_stop = LineStop.from_tokenizer(lm.tokenizer, lm.device)
     tok, model, dev = lm.tokenizer, lm.model, lm.device
     prompts = [fim_ids(tok, p, s) for p, s in requests]
     stops = torch.tensor(stop_ids(tok), device=dev)
@@ -85,16 +104,21 @@ def generate_fim_keep_prompt(
     logprobs: list[list[float]] = [[] for _ in prompts]
     end_logprob: list[float | None] = [None] * len(prompts)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+    single = torch.tensor(limits.single_line, device=dev)
+    seen_text = torch.zeros_like(done)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache, step_ids, passes, first = None, ids, 0, None
     cache_kw = cache_kwarg(model)
+    prefill_seconds = 0.0
     with torch.inference_mode():
-        for _ in range(params.max_new_tokens):
+        for _ in range(max(limits.budgets)):
             if cancel is not None and cancel():
                 raise Cancelled()
             res = model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
                         use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             passes += 1
+            if passes == 1:
+                prefill_seconds = time.perf_counter() - start
             cache = output_cache(res)
             full = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
             if first is None:
@@ -109,6 +133,10 @@ def generate_fim_keep_prompt(
             for row in (~done & stopped).nonzero().flatten().tolist():
                 end_logprob[row] = float(full[row, eos])  # "the hole ends here", as the scorer asks
             done |= stopped
+            if limits.line_stop is not None:
+                line_end, seen_text = limits.line_stop.step(nxt, seen_text)
+                done |= single & line_end
+            done |= torch.tensor([len(o) >= b for o, b in zip(out, limits.budgets)], device=dev)
             if bool(done.all()):
                 break
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -117,7 +145,8 @@ def generate_fim_keep_prompt(
             positions = positions[:, -1:] + 1
     seconds = (time.perf_counter() - start) / len(prompts)
     gens = [Generation(model="qwen", text=tok.decode(o, skip_special_tokens=True), token_ids=o,
-                       forward_passes=passes, seconds=seconds, logprobs=lp_row, end_logprob=end)
+                       forward_passes=passes, seconds=seconds, logprobs=lp_row, end_logprob=end,
+                       prefill_seconds=prefill_seconds)
             for o, lp_row, end in zip(out, logprobs, end_logprob)]
     for layer in cache.layers:  # back to the prompts alone
         layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]

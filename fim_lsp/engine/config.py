@@ -10,6 +10,7 @@ AR_DEFAULT = "Qwen/Qwen2.5-Coder-0.5B"
 DLLM_DEFAULT = "fredzzp/open-dcoder-0.5B"
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "p2")
 MODEL_CHOICES = ("both", "qwen", "dllm")
+COMPILE_CHOICES = ("auto", "on", "off")
 SCORE_MODES = ("fim", "plain")
 
 
@@ -38,6 +39,8 @@ class EngineConfig:
     eps: float = 1e-3
     dllm_length: int | None = None  # None: try every length in dllm_lengths
     dllm_lengths: tuple[int, ...] = (8, 16, 32)
+    # a single-line request (the server's mid-line mode) keeps one line: shorter holes suffice
+    dllm_lengths_single_line: tuple[int, ...] = (8, 16)
     mask_token: str | None = None
     # diffusion speed options; all off is the exact reference path
     dllm_threshold: float | None = None  # also reveal every position above this confidence (Fast-dLLM)
@@ -47,6 +50,11 @@ class EngineConfig:
     score_mode: str = "fim"
     score_reuse: bool = True  # fim mode: score on Qwen's cached prompt (same math, fewer FLOPs)
     profile: str = "exact"  # "editor" turns the speed options on, see PROFILES
+    # static-shape model passes replayed as CUDA graphs (torch.compile on CPU); auto: on for CUDA only
+    compile: str = "auto"
+    # CUDA, compiled: the diffusion stage on its own stream and thread while Qwen decodes (graph replays
+    # leave the interpreter free, and Qwen's one-token steps leave the GPU's multiprocessors idle)
+    overlap: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the bad key; the server turns it into a message."""
@@ -64,6 +72,10 @@ class EngineConfig:
             ("dllmLength", self.dllm_length is None or self.dllm_length >= 1, ">= 1 or null"),
             ("dllmLengths", bool(self.dllm_lengths) and all(n >= 1 for n in self.dllm_lengths),
              "a non-empty list of lengths >= 1"),
+            ("dllmLengthsSingleLine", bool(self.dllm_lengths_single_line)
+             and all(n >= 1 for n in self.dllm_lengths_single_line), "a non-empty list of lengths >= 1"),
+            ("compile", self.compile in COMPILE_CHOICES, "auto, on or off"),
+            ("overlap", self.overlap in COMPILE_CHOICES, "auto, on or off"),
             ("dllmThreshold", self.dllm_threshold is None or 0 < self.dllm_threshold <= 1, "in (0, 1] or null"),
             ("dllmCacheRefresh", self.dllm_cache_refresh >= 0, ">= 0"),
             ("dllmStepsPerToken", self.dllm_steps_per_token is None or self.dllm_steps_per_token > 0, "> 0 or null"),
@@ -90,13 +102,22 @@ PROFILES: dict[str, dict[str, Any]] = {
     "exact": {},
     "editor": {"dllm_threshold": 0.9, "dllm_cache_refresh": 8, "dllm_steps_per_token": 0.25},
 }
+# On a GPU a pass is launch-bound, not FLOP-bound: DualCache's partial passes save nothing there
+# (eval/BENCHMARKS.md, GPU section), while a full pass of static shape replays as one CUDA graph.
+DEVICE_PROFILES: dict[tuple[str, str], dict[str, Any]] = {("editor", "cuda"): {"dllm_cache_refresh": 0}}
 
 
-def effective(config: EngineConfig) -> EngineConfig:
-    """The config with its profile's options applied where the user kept the exact default."""
+def effective(config: EngineConfig, device_type: str = "cpu") -> EngineConfig:
+    """The config with its profile's options (for this device type) applied where the user kept the
+    exact default."""
     exact = EngineConfig()
-    changes = {k: v for k, v in PROFILES[config.profile].items() if getattr(config, k) == getattr(exact, k)}
+    options = PROFILES[config.profile] | DEVICE_PROFILES.get((config.profile, device_type), {})
+    changes = {k: v for k, v in options.items() if getattr(config, k) == getattr(exact, k)}
     return dataclasses.replace(config, **changes)
+
+
+def compile_enabled(config: EngineConfig, device_type: str) -> bool:
+    return config.compile == "on" or (config.compile == "auto" and device_type == "cuda")
 
 
 def camel(name: str) -> str:
@@ -135,6 +156,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="hole length in tokens (default: try each of --dllm-lengths, keep the best-scored)")
     g.add_argument("--dllm-lengths", type=_parse_lengths, default=d.dllm_lengths,
                    help="comma-separated hole lengths tried when --dllm-length is not given")
+    g.add_argument("--dllm-lengths-single-line", type=_parse_lengths, default=d.dllm_lengths_single_line,
+                   help="hole lengths tried for a single-line request (--single-line, the server mid-line)")
     g.add_argument("--mask-token", default=None, help="mask token string when the tokenizer has none")
     g.add_argument("--score-mode", choices=SCORE_MODES, default=d.score_mode)
     g.add_argument("--no-score-reuse", dest="score_reuse", action="store_false",
@@ -147,6 +170,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="cap diffusion steps at ceil(hole length * this)")
     g.add_argument("--profile", choices=tuple(PROFILES), default=d.profile,
                    help="exact: the reference path; editor: the speed options on (see README)")
+    g.add_argument("--compile", choices=COMPILE_CHOICES, default=d.compile,
+                   help="static-shape passes as CUDA graphs (torch.compile on CPU); auto: on for CUDA")
+    g.add_argument("--overlap", choices=COMPILE_CHOICES, default=d.overlap,
+                   help="run diffusion beside Qwen on a second CUDA stream (needs compile on CUDA); auto: on")
 
 
 def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:
@@ -163,7 +190,7 @@ def config_from_settings(settings: dict[str, Any], base: EngineConfig) -> Engine
         name = snake(key)
         if name not in names:
             continue
-        if name == "dllm_lengths" and value is not None:
+        if name in ("dllm_lengths", "dllm_lengths_single_line") and value is not None:
             value = tuple(int(v) for v in value)
         changes[name] = value
     for name, value in changes.items():

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from .dual_cache import dual_cache_logits
+from .graphs import GraphCache
 from .loading import LoadedModel, encode, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
@@ -154,6 +155,38 @@ def bidirectional_logits(lm: LoadedModel, valid: torch.Tensor, banned: list[int]
     return fn
 
 
+@dataclass
+class StaticPass:
+    """The static path's pieces for the diffusion model: its plain forward and the graphs it replays."""
+
+    net: object  # static_model.StaticQwen2
+    graphs: GraphCache
+    width_step: int = 64  # batch widths are padded to a multiple of this, so graphs replay across requests
+
+
+def static_bidirectional_logits(lm: LoadedModel, static: StaticPass, valid: torch.Tensor, banned: list[int]) -> LogitsFn:
+    """bidirectional_logits through one replayed graph per (batch, width, rows) shape."""
+    vocab = len(lm.tokenizer)
+
+    def make():
+        banned_ids = torch.tensor(banned, device=valid.device)  # made here: no host copy inside a capture
+
+        def fn(x: torch.Tensor, valid_: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor]:
+            width = x.size(1)
+            # a pad query sees itself, so no softmax row is empty
+            mask = valid_[:, None, None, :] | torch.eye(width, dtype=torch.bool, device=x.device)
+            positions = torch.arange(width, device=x.device).expand(x.size(0), -1)
+            logits = static.net.forward(x, positions, mask, rows=rows)[..., :vocab].float()  # type: ignore[attr-defined]
+            return (logits.index_fill_(-1, banned_ids, -math.inf),)
+        return fn
+
+    def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return static.graphs.run("dllm", make, [x, valid, rows])[0]
+
+    return fn
+
+
 def diffusion_infill(
     lm: LoadedModel,
     mask_id: int,
@@ -161,8 +194,10 @@ def diffusion_infill(
     params: DiffusionParams,
     generator: torch.Generator | None = None,
     cancel: CancelCheck | None = None,
+    static: StaticPass | None = None,
 ) -> list[Generation]:
-    """Fill each (prefix, suffix, hole_length) in one right-padded batch."""
+    """Fill each (prefix, suffix, hole_length) in one right-padded batch. With `static` (and no
+    DualCache) each pass is a replayed graph over a width padded to `static.width_step`."""
     start = time.perf_counter()
     tok, dev = lm.tokenizer, lm.device
     ends = [i for i in (special_id(tok, t) for t in END_TOKENS) if i is not None]
@@ -173,6 +208,8 @@ def diffusion_infill(
         rows.append(p + [mask_id] * length + encode(tok, suffix))
         spans.append((len(p), len(p) + length))
     width = max(len(r) for r in rows)
+    if static is not None and params.cache_refresh == 0:
+        width = -(-width // static.width_step) * static.width_step
     x = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
     valid = torch.zeros((len(rows), width), dtype=torch.bool, device=dev)
     for b, r in enumerate(rows):
@@ -183,6 +220,8 @@ def diffusion_infill(
         params = replace(params, steps=max(1, min(params.steps, math.ceil(longest * params.steps_per_token))))
     if params.cache_refresh > 0:
         logits_fn = dual_cache_logits(lm, valid, x == mask_id, [mask_id], params.cache_refresh)
+    elif static is not None:
+        logits_fn = static_bidirectional_logits(lm, static, valid, [mask_id])
     else:
         logits_fn = bidirectional_logits(lm, valid, [mask_id])
     result = mdm_sample(x, mask_id, logits_fn, params, generator, cancel)

@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .ar_fim import ArParams, PromptState, generate_fim_keep_prompt
-from .config import EngineConfig, effective
-from .diffusion import DiffusionParams, diffusion_infill
+from .ar_fim import ArParams, PromptState, RowLimits, generate_fim_keep_prompt
+from .ar_static import StaticGenerator
+from .config import EngineConfig, compile_enabled, effective
+from .diffusion import DiffusionParams, StaticPass, diffusion_infill
+from .graphs import GraphCache, use_compile_cache
+from .line_stop import LineStop
 from .loading import LoadedModel, ModelLoadError, encode, load_model, mask_token_id, resolve_device, resolve_dtype
 from .results import CancelCheck, Cancelled, Candidate, Completion, Generation, Score
 from .scorer import ScoreItem, score_batch, score_from_logprobs, score_on_prompt
-from .stages import run_stages
+from .static_model import KVCache, StaticQwen2
 
 log = logging.getLogger("fim_lsp.engine")
-MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token")
+MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token", "compile")
+# Warm-up contexts (tokens) at load. CUDA: one per 64-token width bucket up to the server's budgets
+# (1024 prefix + 256 suffix tokens), each capture costing about three passes; CPU: one, to compile.
+WARMUP_TOKENS = {"cuda": tuple(range(61, 1280 + 64, 64)), "cpu": (256,)}
 
 
 class OutOfMemory(RuntimeError):
@@ -35,6 +42,10 @@ class FimRequest:
     prefix: str
     suffix: str
     dllm_length: int | None = None  # overrides the config (the eval passes the oracle length)
+    # the server's mid-line mode: Qwen stops at the first newline after non-blank text, and the
+    # diffusion model tries dllm_lengths_single_line
+    single_line: bool = False
+    max_new_tokens: int | None = None  # overrides the config's budget for this request
 
 
 class Engine:
@@ -49,6 +60,11 @@ class Engine:
         self.mask_id: int | None = None
         self.loaded = False
         self._progress: Callable[[str], None] | None = None
+        self.static_ar: StaticGenerator | None = None  # the compiled paths (config.compile)
+        self.static_dllm: StaticPass | None = None
+        self._line_stop: LineStop | None = None
+        self._side: ThreadPoolExecutor | None = None  # the overlapped diffusion stage (config.overlap)
+        self._side_stream = None
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, on_progress: Callable[[str], None] | None = None) -> None:
@@ -79,6 +95,37 @@ class Engine:
         self.loaded = True
         if self.ar is None and self.dllm is None:
             raise ModelLoadError("; ".join(self.load_errors.values()) or "no model selected")
+        self._line_stop = None
+        self.static_ar = self.static_dllm = None
+        if compile_enabled(cfg, device.type):
+            self._build_static(device)
+
+
+    @property
+    def compiled(self) -> bool:
+        """True when model passes run on the static path (graphs on CUDA, torch.compile on CPU)."""
+        return self.static_ar is not None or self.static_dllm is not None
+
+    def _build_static(self, device: torch.device) -> None:
+        """Set up the static path and run a completion at each warm-up size, so the graphs the first
+        requests need are captured (CUDA) or compiled (CPU) now rather than while the user waits."""
+        if device.type != "cuda":
+            use_compile_cache()
+        if self.ar is not None:
+            # CUDA: the decode step is captured as a graph; CPU has none, so it is compiled instead
+            self.static_ar = StaticGenerator(self.ar, None if device.type == "cuda" else "default")
+        if self.dllm is not None:
+            self.static_dllm = StaticPass(StaticQwen2(self.dllm.model), GraphCache(device))
+        tok = self.tokenizer
+        line = encode(tok, "    value = compute(value, index)\n")
+        for n in WARMUP_TOKENS[device.type]:
+            if self._progress is not None:
+                self._progress(f"warming up: {'capturing CUDA graphs' if device.type == 'cuda' else 'compiling'} "
+                               f"for {n}-token contexts")
+            ids = (line * (n // len(line) + 1))[:n]
+            prefix, suffix = tok.decode(ids[: n * 3 // 4]), tok.decode(ids[n * 3 // 4:])
+            for single in (True, False):  # the server sends one request at a time, in either mode
+                self.complete_batch([FimRequest(prefix, suffix, single_line=single, max_new_tokens=2)])
 
     def _try_load(self, name: str, role: str, device: torch.device, dtype: torch.dtype) -> LoadedModel | None:
         if self._progress is not None:
@@ -114,8 +161,8 @@ class Engine:
 
     # -- completion ------------------------------------------------------------------------------
     def complete(self, prefix: str, suffix: str, dllm_length: int | None = None,
-                 cancel: CancelCheck | None = None) -> Completion:
-        return self.complete_batch([FimRequest(prefix, suffix, dllm_length)], cancel)[0]
+                 cancel: CancelCheck | None = None, single_line: bool = False) -> Completion:
+        return self.complete_batch([FimRequest(prefix, suffix, dllm_length, single_line)], cancel)[0]
 
     def complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None = None) -> list[Completion]:
         if not self.loaded:
@@ -131,28 +178,39 @@ class Engine:
                 f"(models qwen|dllm), or device cpu") from None
 
     def _complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None) -> list[Completion]:
-        cfg = effective(self.config)
+        device = self._device()
+        cfg = effective(self.config, device.type)
         start = time.perf_counter()
         reuse = cfg.score_reuse and cfg.score_mode == "fim" and self.ar is not None and self.scorer is self.ar
-        stages: dict[str, Callable[[], object]] = {}
-        if self.ar is not None:
-            stages["qwen"] = lambda: self._run_qwen(requests, cfg, cancel)
-        if self.dllm is not None:
-            stages["dllm"] = lambda: self._run_dllm(requests, cfg, cancel)
-        results, timings = run_stages(stages, concurrent=self._device().type == "cuda")
         gens: list[list[Generation]] = [[] for _ in requests]
+        timings: dict[str, float] = {}
         prompt = None
-        if "qwen" in results:
-            qwen, prompt = results["qwen"]
+        # Eager, the stages take turns, also on a GPU: two Python threads launching kernels through one
+        # interpreter measured 2.8x slower than turns. Replayed graphs leave the interpreter free, so on
+        # the static path the diffusion stage can run on its own stream beside Qwen (eval/BENCHMARKS.md).
+        side = None
+        if device.type == "cuda" and self.static_dllm is not None and self.ar is not None and cfg.overlap != "off":
+            side = self._side_pool().submit(self._on_side_stream, lambda: self._run_dllm(requests, cfg, cancel))
+        if self.ar is not None:
+            qwen, prompt = self._run_qwen(requests, cfg, cancel)
             for g, out in zip(gens, qwen):
                 g.append(out)
-        for i, out in results.get("dllm", []):
-            gens[i].append(out)
+            timings["qwen"] = self._lap(start)
+            timings["qwen_prefill"] = qwen[0].prefill_seconds or 0.0
+        if self.dllm is not None:
+            if side is not None:
+                outs, timings["dllm"] = side.result()
+            else:
+                t = time.perf_counter()
+                outs = self._run_dllm(requests, cfg, cancel)
+                timings["dllm"] = self._lap(t)
+            for i, out in outs:
+                gens[i].append(out)
         if cancel is not None and cancel():
             raise Cancelled()
         t = time.perf_counter()
         scores = self._score(requests, gens, cfg, prompt if reuse else None)
-        timings["score"] = time.perf_counter() - t
+        timings["score"] = self._lap(t)
         timings["total"] = time.perf_counter() - start
         per_request = {k: v / len(requests) for k, v in timings.items()}
         return [self._select(g, s, per_request) for g, s in zip(gens, scores)]
@@ -160,21 +218,50 @@ class Engine:
     def _device(self) -> torch.device:
         return (self.ar or self.dllm).device
 
+    def _lap(self, since: float) -> float:
+        """Seconds since `since`, once this thread's stream has finished the stage's work."""
+        if self._device().type == "cuda":
+            torch.cuda.current_stream(self._device()).synchronize()
+        return time.perf_counter() - since
+
+    def _side_pool(self) -> ThreadPoolExecutor:
+        if self._side is None:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-dllm")
+            self._side_stream = torch.cuda.Stream(self._device())
+        return self._side
+
+    def _on_side_stream(self, fn: Callable[[], object]) -> tuple[object, float]:
+        start = time.perf_counter()
+        self._side_stream.wait_stream(torch.cuda.default_stream(self._device()))
+        with torch.cuda.stream(self._side_stream):
+            out = fn()
+        self._side_stream.synchronize()
+        return out, time.perf_counter() - start
+
     def _run_qwen(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
         params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
-        return generate_fim_keep_prompt(self.ar, [(r.prefix, r.suffix) for r in requests], params,
-                                        self._generator(self.ar, 0), cancel)
+        limits = RowLimits([r.max_new_tokens or cfg.max_new_tokens for r in requests],
+                           [r.single_line for r in requests])
+        pairs = [(r.prefix, r.suffix) for r in requests]
+        if self.static_ar is not None:
+            return self.static_ar.generate(pairs, params, self._generator(self.ar, 0), cancel, limits)
+        if any(limits.single_line):
+            if self._line_stop is None:
+                self._line_stop = LineStop.from_tokenizer(self.ar.tokenizer, self.ar.device)
+            limits.line_stop = self._line_stop
+        return generate_fim_keep_prompt(self.ar, pairs, params, self._generator(self.ar, 0), cancel, limits)
 
     def _run_dllm(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
         jobs = []
         for i, r in enumerate(requests):
             fixed = r.dllm_length or cfg.dllm_length
-            for n in (fixed,) if fixed else sorted(set(cfg.dllm_lengths)):
+            tried = cfg.dllm_lengths_single_line if r.single_line else cfg.dllm_lengths
+            for n in (fixed,) if fixed else sorted(set(tried)):
                 jobs.append((i, (r.prefix, r.suffix, n)))
         params = DiffusionParams(cfg.steps, cfg.alg, cfg.temperature, cfg.top_p, cfg.top_k, cfg.alg_temp,
                                  cfg.eps, cfg.dllm_threshold, cfg.dllm_steps_per_token, cfg.dllm_cache_refresh)
         outs = diffusion_infill(self.dllm, self.mask_id, [job for _, job in jobs], params,
-                                self._generator(self.dllm, 1), cancel)
+                                self._generator(self.dllm, 1), cancel, self.static_dllm)
         return [(i, out) for (i, _), out in zip(jobs, outs)]
 
     def _generator(self, lm: LoadedModel, offset: int) -> torch.Generator | None:
@@ -203,7 +290,12 @@ class Engine:
                     out[i][j] = score_from_logprobs([*g.logprobs, g.end_logprob])
                 else:
                     todo.append((i, j, g.text))
-        for (i, j, _), score in zip(todo, score_on_prompt(self.scorer, prompt, [(i, t) for i, _, t in todo])):
+        pairs = [(i, t) for i, _, t in todo]
+        if isinstance(prompt.cache, KVCache) and self.static_ar is not None:
+            scored = self.static_ar.score(prompt, pairs)
+        else:
+            scored = score_on_prompt(self.scorer, prompt, pairs)
+        for (i, j, _), score in zip(todo, scored):
             out[i][j] = score
         return out
 

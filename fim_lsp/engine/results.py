@@ -25,6 +25,7 @@ class Generation:
     # log P(token) under the generator's own untempered distribution (qwen only)
     logprobs: list[float] | None = None
     end_logprob: float | None = None  # log P(<|endoftext|>) where qwen stopped; None at the length limit
+    prefill_seconds: float | None = None  # qwen: the prompt's pass, the rest of `seconds` is decoding
 
 
 @dataclass

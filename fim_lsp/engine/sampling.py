@@ -23,6 +23,31 @@ def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) 
     return logits
 
 
+# Greedy decoding with top-p needs the nucleus only for the confidence's normaliser; the nucleus of a
+# trained model almost always lies within its top few hundred tokens, so a top-k replaces the sort.
+GREEDY_TOP = 1024
+
+
+def _greedy_nucleus(logits: torch.Tensor, top_p: float, confidence: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """sample_tokens at temperature 0 from the top GREEDY_TOP probabilities, or None when some row's
+    nucleus reaches past them (then the full sort decides). Same rule as filter_logits: a token is
+    kept when the mass ranked before it is at most top_p."""
+    probs = torch.softmax(logits, dim=-1)
+    top = torch.topk(probs, min(GREEDY_TOP, probs.size(-1)), dim=-1)
+    cum = top.values.cumsum(-1)
+    if not bool((cum[..., -1] > top_p).all()):
+        return None
+    kept = torch.where(cum - top.values <= top_p, top.values, torch.zeros_like(top.values))
+    kept = kept / kept.sum(-1, keepdim=True)
+    if confidence == "margin":
+        conf = kept[..., 0] - kept[..., 1]
+    elif confidence == "neg_entropy":
+        conf = torch.sum(kept * torch.log(kept + 1e-10), dim=-1)
+    else:
+        conf = kept[..., 0]
+    return conf, top.indices[..., 0]
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -36,6 +61,10 @@ def sample_tokens(
     confidence: "prob" (probability of the chosen token), "margin" (top-1 minus top-2 probability)
     or "neg_entropy" (sum p log p)."""
     logits = logits.float()
+    if temperature <= 0 and top_p is not None and top_p < 1 and top_k is None:
+        greedy = _greedy_nucleus(logits, top_p, confidence)
+        if greedy is not None:
+            return greedy
     if temperature > 0:
         logits = logits / temperature
     logits = filter_logits(logits, top_p, top_k)
@@ -52,3 +81,16 @@ def sample_tokens(
     elif confidence == "neg_entropy":
         conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
     return conf, tokens
+
+
+def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float,
+                      top_p: float | None = None, top_k: int | None = None) -> torch.Tensor:
+    """Tokens [...] drawn from the same distribution as `sample_tokens`, by the Gumbel-max trick on
+    uniform `noise` shaped like `logits`. The draws are an input, not a generator inside the function,
+    so it can run in a captured CUDA graph. Temperature 0 (noise unused) takes the argmax."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / temperature, top_p, top_k)
+    gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
+    return (logits + gumbel).argmax(dim=-1)

@@ -70,6 +70,12 @@ class FimContext:
         return client_column(self.line_before, len(self.line_before), self.encoding)
 
 
+def single_line_mode(ctx: FimContext, multiline: str) -> bool:
+    """The `multiline` setting's decision: "always" never cuts to one line, "never" always does, "auto"
+    does when code follows the cursor on its line."""
+    return {"always": False, "never": True}.get(multiline, ctx.single_line)
+
+
 def extract(text: str, line: int, column: int, encoding: str = UTF16,
             prefix_lines: int = 64, suffix_lines: int = 16) -> FimContext:
     """Context for a cursor at (line, column in client units). Out-of-range positions clamp to the

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
-from .context import FimContext, clip_tokens, extract
+from .context import FimContext, clip_tokens, extract, single_line_mode
 from .postprocess import Insert, postprocess
 from .worker import CANCELLED, SUPERSEDED, Job
 
@@ -81,7 +81,7 @@ class CompletionService:
             return None
         encoding = str(ls.workspace.position_encoding or "utf-16")
         ctx = extract(text, line, character, encoding, settings.prefix_lines, settings.suffix_lines)
-        single = {"always": False, "never": True}.get(settings.multiline, ctx.single_line)
+        single = single_line_mode(ctx, settings.multiline)
 
         hit = ls.cache.get(ctx.prefix, ctx.suffix)
         if hit is not None:
@@ -106,7 +106,7 @@ class CompletionService:
             stats.empty += 1
             return None
 
-        job = self._job_for(uri, ctx)
+        job = self._job_for(uri, ctx, single)
         job.waiters += 1
         try:
             # shielded: one waiter's $/cancelRequest must not cancel a job that others still await
@@ -128,18 +128,18 @@ class CompletionService:
         ls.cache.put(ctx.prefix, ctx.suffix, completion)
         return self._offer(uri, line, character, ctx, completion, single, False, started)
 
-    def _job_for(self, uri: str, ctx: FimContext) -> Job:
+    def _job_for(self, uri: str, ctx: FimContext, single: bool) -> Job:
         key = (ctx.prefix, ctx.suffix)
         job = self._inflight.get(key)
         if job is not None and not job.cancelled() and not job.future.done():
             self.ls.stats.joined += 1
             return job
-        job = self.ls.worker.submit(lambda cancel: self._run_engine(ctx, cancel), key=uri)
+        job = self.ls.worker.submit(lambda cancel: self._run_engine(ctx, single, cancel), key=uri)
         self._inflight[key] = job
         job.future.add_done_callback(lambda _f: self._inflight.pop(key, None) if self._inflight.get(key) is job else None)
         return job
 
-    def _run_engine(self, ctx: FimContext, cancel: CancelCheck) -> Completion:
+    def _run_engine(self, ctx: FimContext, single: bool, cancel: CancelCheck) -> Completion:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
         ls, stats, settings = self.ls, self.ls.stats, self.ls.settings
         tok = ls.engine.tokenizer
@@ -147,7 +147,8 @@ class CompletionService:
         suffix = clip_tokens(tok, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if tok else ctx.suffix
         stats.model_runs += 1
         try:
-            completion = ls.engine.complete(prefix, suffix, cancel=cancel)
+            # single-line: the engine stops Qwen at the line's end instead of writing lines we cut
+            completion = ls.engine.complete(prefix, suffix, cancel=cancel, single_line=single)
         except Cancelled:
             stats.interrupted_loops += 1
             raise

@@ -1,0 +1,89 @@
+"""A Qwen2 forward of static shape over the loaded model's own modules, for CUDA-graph replay.
+
+transformers' forward builds masks and caches in Python on every call, and how it does so changes
+between releases; a graph needs a pass with no host synchronisation and fixed tensor addresses. So,
+as gpt-fast does, this module runs the same weights (the HF modules' parameters, untouched) through a
+plain loop: the caller owns the KV tensors and the boolean attention mask, and says where each new key
+is written. Checked against the transformers forward in tests/test_static_path.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, [B, kv_heads, length, head_dim] each."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].size(2)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class StaticQwen2:
+    def __init__(self, model) -> None:
+        cfg = model.config
+        base = model.model
+        self.model = model
+        self.embed, self.layers, self.norm, self.head = base.embed_tokens, base.layers, base.norm, model.lm_head
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.inv_freq = base.rotary_emb.inv_freq
+        self.rope_scale = float(getattr(base.rotary_emb, "attention_scaling", 1.0))
+        self.dtype = self.embed.weight.dtype
+        self.device = self.embed.weight.device
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        shape = (batch, self.kv_heads, length, self.head_dim)
+        make = lambda: torch.zeros(shape, dtype=self.dtype, device=self.device)  # noqa: E731
+        return KVCache([make() for _ in self.layers], [make() for _ in self.layers])
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # as transformers computes it: in float32, scaled, then cast to the model's dtype
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos() * self.rope_scale, emb.sin() * self.rope_scale
+        return cos.to(self.dtype)[:, None], sin.to(self.dtype)[:, None]
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                cache: KVCache | None = None, write_at: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, R, V] at sequence rows `rows` (all rows when None).
+
+        ids, positions: [B, T]. mask: bool [B, 1, T, K], True = attend, K = T without a cache, else
+        the cache's length. With a cache, this pass's keys are written at cache slots `write_at` [T]
+        first, so the mask must let each query see its own slot."""
+        b, t = ids.shape
+        x = self.embed(ids)
+        cos, sin = self._rope(positions)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            if cache is not None:
+                cache.keys[i].index_copy_(2, write_at, k)
+                cache.values[i].index_copy_(2, write_at, v)
+                k, v = cache.keys[i], cache.values[i]
+            if self.kv_heads != self.heads:  # repeated, as transformers does with a mask: sdpa's fused
+                k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)  # kernels take no GQA with one
+                v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if rows is not None:
+            x = x.index_select(1, rows)
+        return self.head(self.norm(x))

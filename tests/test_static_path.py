@@ -1,0 +1,229 @@
+"""The GPU latency path, run on CPU with tiny checkpoints: the static-shape forward, the compiled decode
+loop, single-line mode, and the greedy sampler without a full-vocabulary sort.
+
+CUDA graph capture itself needs a GPU and is not exercised here; on CPU the same static-shape functions
+run torch.compile'd (decode step) or plain (prompt pass, diffusion pass), which is what is compared with
+the eager path."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fim_lsp.engine import sampling
+from fim_lsp.engine.ar_fim import ArParams, RowLimits, generate_fim, generate_fim_keep_prompt, stop_ids
+from fim_lsp.engine.ar_static import StaticGenerator, bucket
+from fim_lsp.engine.config import EngineConfig, effective
+from fim_lsp.engine.diffusion import DiffusionParams, StaticPass, bidirectional_logits, diffusion_infill
+from fim_lsp.engine.ensemble import Engine, FimRequest
+from fim_lsp.engine.graphs import GraphCache
+from fim_lsp.engine.line_stop import LineStop
+from fim_lsp.engine.loading import encode, load_model, mask_token_id
+from fim_lsp.engine.scorer import score_on_prompt
+from fim_lsp.engine.static_model import StaticQwen2
+
+from forced_model import write_forced
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+SOURCE = (ROOT / "fim_lsp" / "tiny.py").read_text()
+REQUESTS = [(SOURCE[:300], SOURCE[300:500]), (SOURCE[:1200], SOURCE[1200:1400]), ("x = ", "\n")]
+
+
+@pytest.fixture(scope="module")
+def ar(tiny_models):
+    return load_model(str(tiny_models / "ar"), "ar", CPU, torch.float32)
+
+
+@pytest.fixture(scope="module")
+def talkative(tiny_models):
+    """The tiny Qwen with its stop tokens' output rows zeroed: at temperature 0 the random tiny model
+    otherwise stops at once, and a decode loop of one token compares nothing."""
+    lm = load_model(str(tiny_models / "ar"), "ar", CPU, torch.float32)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight[stop_ids(lm.tokenizer)] = 0
+    return lm
+
+
+@pytest.fixture(scope="module")
+def forced(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("forced")
+    cycle = write_forced(tiny_models / "ar", out)
+    return out, cycle
+
+
+def test_static_forward_equals_transformers(ar):
+    net = StaticQwen2(ar.model)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[1, :4] = False  # left padding
+    # bidirectional (the diffusion pass): 4-D all-attend mask with pad keys out
+    mask = valid[:, None, None, :].expand(-1, 1, 12, -1)
+    pos = torch.arange(12).expand(2, -1)
+    ref = ar.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    mine = net.forward(ids, pos, mask | torch.eye(12, dtype=torch.bool))
+    assert torch.allclose(ref[0], mine[0], atol=1e-5) and torch.allclose(ref[1, 4:], mine[1, 4:], atol=1e-5)
+    # causal, writing a 16-slot cache
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    ref = ar.model(input_ids=ids, attention_mask=valid.long(), position_ids=positions).logits
+    cache = net.new_cache(2, 16)
+    slots, query = torch.arange(16), torch.arange(12)
+    kv_valid = torch.ones(2, 16, dtype=torch.bool)
+    kv_valid[:, :12] = valid
+    causal = (kv_valid[:, None, :] & (slots <= query[:, None])) | (slots == query[:, None])
+    mine = net.forward(ids, positions, causal[:, None], cache, query)
+    assert torch.allclose(ref[0], mine[0], atol=1e-5) and torch.allclose(ref[1, 4:], mine[1, 4:], atol=1e-5)
+    assert cache.keys[0][:, :, 12:].abs().sum() == 0  # nothing written past the pass's slots
+
+
+def test_compiled_decode_emits_the_eager_tokens_at_temperature_0(talkative):
+    """compile on, CPU: the decode step runs torch.compile'd. Token for token equal to the eager path,
+    with the same log-probs and the same fim-mode scores on the kept prompt."""
+    params = ArParams(temperature=0.0, max_new_tokens=12)
+    eager, eager_prompt = generate_fim_keep_prompt(talkative, REQUESTS, params)
+    static = StaticGenerator(talkative, "default")
+    compiled, static_prompt = static.generate(REQUESTS, params)
+    assert all(len(g.token_ids) == 12 for g in eager)  # a real loop, not one token
+    for e, c in zip(eager, compiled):
+        assert c.token_ids == e.token_ids
+        assert c.forward_passes == e.forward_passes == 12
+        assert c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
+    items = [(0, "foo(1)"), (1, "bar\n"), (2, "")]
+    want = [s.perplexity for s in score_on_prompt(talkative, eager_prompt, items)]
+    assert [s.perplexity for s in static.score(static_prompt, items)] == pytest.approx(want, rel=1e-4)
+    # a second request of another width replays the same compiled step and refills the same cache
+    again, _ = static.generate(REQUESTS[2:], params)
+    assert again[0].token_ids == eager[2].token_ids
+    assert len(static.graphs) == 2  # one decode step per batch size, not one per request
+
+
+def test_row_budgets_and_single_line_stop_on_both_paths(forced):
+    path, cycle = forced
+    lm = load_model(str(path), "ar", CPU, torch.float32)
+    reqs = [("def f():\n    ", "\n"), ("a", "b"), ("c", "d")]
+    limits = lambda: RowLimits([10, 10, 3], [True, False, False])  # noqa: E731
+    params = ArParams(temperature=0.6, max_new_tokens=64)  # sampling: the forced logits still decide
+    eager = generate_fim(lm, reqs, params, limits=limits())
+    static, _ = StaticGenerator(lm).generate(reqs, params, limits=limits())
+    line = lm.tokenizer.decode(cycle)
+    for gens in (eager, static):
+        assert [g.text for g in gens] == [line, line + line, lm.tokenizer.decode(cycle[:3])]
+        assert gens[0].token_ids == cycle and gens[0].end_logprob is None
+        assert gens[0].forward_passes == 10  # the batch ran on for its longest row
+    alone, _ = StaticGenerator(lm).generate(reqs[:1], params, limits=RowLimits([64], [True]))
+    assert alone[0].forward_passes == len(cycle)  # nothing computed past the newline
+
+
+def test_line_stop_rule_on_the_real_tokenizer(shared_data):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(shared_data / "tokenizers" / "qwen2.5-coder"))
+    rule = LineStop.from_tokenizer(tok, CPU)
+
+    def stops_after(text: str) -> int | None:
+        seen = torch.zeros(1, dtype=torch.bool)
+        for n, tid in enumerate(encode(tok, text), 1):
+            stop, seen = rule.step(torch.tensor([tid]), seen)
+            if stop:
+                return n
+        return None
+
+    assert stops_after("\n\n    return x\n    y") == len(encode(tok, "\n\n    return x\n"))
+    assert stops_after("\n   \n") is None  # blank lines alone never end the line
+    assert stops_after("foo()") is None
+    assert rule.has_newline[encode(tok, "\n")[0]] and not rule.has_text[encode(tok, "\n")[0]]
+
+
+def test_cli_single_line_stops_qwen_at_the_newline(forced, tmp_path):
+    path, cycle = forced
+    src = tmp_path / "a.py"
+    src.write_text("def f():\n    \n")
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "fim_lsp", "complete", "--file", str(src), "--line", "1", "--col", "4",
+         "--ar-model", str(path), "--models", "qwen", "--max-new-tokens", "40", "--json", *extra],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    single, multi = run("--single-line"), run()
+    assert single.returncode == 0 and multi.returncode == 0, single.stderr + multi.stderr
+    qwen = json.loads(single.stdout)["candidates"][0]
+    assert qwen["forward_passes"] == qwen["tokens"] == len(cycle)
+    assert qwen["text"].endswith("\n") and qwen["text"].count("\n") == 1
+    assert json.loads(multi.stdout)["candidates"][0]["forward_passes"] == 40
+
+
+def test_engine_single_line_uses_its_own_hole_lengths(tiny_models):
+    cfg = EngineConfig(ar_model=str(tiny_models / "ar"), dllm_model=str(tiny_models / "dllm"), device="cpu",
+                       max_new_tokens=4, steps=4, dllm_lengths=(4, 8, 12), dllm_lengths_single_line=(2, 4))
+    engine = Engine(cfg)
+    engine.load()
+    assert not engine.compiled  # compile auto is off on CPU
+    single, multi = engine.complete_batch([FimRequest("x = ", "\n", single_line=True), FimRequest("x = ", "\n")])
+    assert [c.hole_length for c in single.candidates if c.model == "dllm"] == [2, 4]
+    assert [c.hole_length for c in multi.candidates if c.model == "dllm"] == [4, 8, 12]
+    assert "qwen_prefill" in single.timings
+
+
+def test_static_diffusion_pass_equals_the_plain_pass(tiny_models):
+    dllm = load_model(str(tiny_models / "dllm"), "dllm", CPU, torch.float32)
+    mid = mask_token_id(dllm.tokenizer)
+    static = StaticPass(StaticQwen2(dllm.model), GraphCache(CPU))
+    reqs = [("def f(a):\n    return ", "\n\nf(1)\n", 6), ("x = ", "\n", 3)]
+    params = DiffusionParams(steps=6, temperature=0.0)
+    plain = diffusion_infill(dllm, mid, reqs, params)
+    padded = diffusion_infill(dllm, mid, reqs, params, static=static)
+    assert [g.token_ids for g in padded] == [g.token_ids for g in plain]
+    assert len(static.graphs) == 1  # one shape: the batch padded to a multiple of 64
+    # and the logits themselves, padded width against exact width
+    ids = encode(dllm.tokenizer, "def f(a):\n    return ") + [mid] * 4
+    x = torch.tensor([ids])
+    rows = torch.arange(len(ids) - 5, len(ids) - 1)
+    exact = bidirectional_logits(dllm, torch.ones_like(x, dtype=torch.bool), [mid])(x, rows)
+    width = bucket(len(ids), 64)
+    xp = torch.full((1, width), 0)
+    xp[0, : len(ids)] = x[0]
+    valid = torch.zeros((1, width), dtype=torch.bool)
+    valid[0, : len(ids)] = True
+    from fim_lsp.engine.diffusion import static_bidirectional_logits
+
+    assert torch.allclose(static_bidirectional_logits(dllm, static, valid, [mid])(xp, rows), exact, atol=1e-5)
+
+
+def test_greedy_nucleus_without_sort_matches_the_sorted_filter():
+    gen = torch.Generator().manual_seed(0)
+    sharp = torch.randn(5, 3000, generator=gen) * 8  # nucleus of a few tokens: the top-k path answers
+    flat = torch.randn(5, 3000, generator=gen) * 0.1  # nucleus of thousands: must fall back to the sort
+    assert sampling._greedy_nucleus(sharp, 0.95, "prob") is not None
+    assert sampling._greedy_nucleus(flat, 0.95, "prob") is None
+    for logits in (sharp, flat):
+        probs = torch.softmax(sampling.filter_logits(logits, 0.95, None), dim=-1)
+        want = {"prob": probs.max(-1).values,
+                "margin": torch.topk(probs, 2).values[..., 0] - torch.topk(probs, 2).values[..., 1],
+                "neg_entropy": torch.sum(probs * torch.log(probs + 1e-10), -1)}
+        for kind, conf in want.items():
+            got_conf, got_tok = sampling.sample_tokens(logits, 0.0, 0.95, None, kind)
+            assert torch.equal(got_tok, probs.argmax(-1))
+            assert torch.allclose(got_conf, conf, atol=1e-6)
+
+
+def test_gumbel_sampler_draws_the_filtered_distribution():
+    """sample_with_noise (used inside the captured decode step) against the probabilities that
+    sample_tokens draws from: 20000 seeded draws over a 6-token vocabulary."""
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.2, -1.0, -3.0]])
+    probs = torch.softmax(sampling.filter_logits(logits / 0.7, 0.9, None), dim=-1)[0]
+    noise = torch.rand((20000, 6), generator=torch.Generator().manual_seed(1))
+    draws = sampling.sample_with_noise(logits.expand(20000, -1), noise, 0.7, 0.9, None)
+    freq = torch.bincount(draws, minlength=6).float() / 20000
+    assert torch.allclose(freq, probs, atol=0.015)
+    assert freq[4] == 0 and freq[5] == 0  # outside the nucleus: never drawn
+
+
+def test_profiles_per_device():
+    cpu = effective(EngineConfig(profile="editor"), "cpu")
+    cuda = effective(EngineConfig(profile="editor"), "cuda")
+    assert cpu.dllm_cache_refresh == 8 and cuda.dllm_cache_refresh == 0
+    assert effective(EngineConfig(profile="editor", dllm_cache_refresh=4), "cuda").dllm_cache_refresh == 4
+    with pytest.raises(ValueError, match="compile"):
+        EngineConfig(compile="yes").validate()
