@@ -20,6 +20,7 @@ import {
   toServerSettings,
 } from "./config";
 import { CandidatesResult, candidatePicks, ServerStatus, statusView } from "./present";
+import { EditsWhileStarting } from "./retrigger";
 
 const SECTION = "fimLsp";
 
@@ -27,6 +28,7 @@ let client: LanguageClient | undefined;
 let statusItem: vscode.StatusBarItem;
 let lastStatus: ServerStatus | undefined;
 let output: vscode.LogOutputChannel;
+const editsWhileStarting = new EditsWhileStarting();
 
 function section(): vscode.WorkspaceConfiguration {
   return vscode.workspace.getConfiguration(SECTION);
@@ -56,15 +58,19 @@ function refreshStatus(): void {
   statusItem.show();
 }
 
+function documentSelector(): { scheme: string; language: string }[] {
+  const languages = section().get<string[]>("languages") ?? ["python"];
+  return languages.flatMap((language) => [
+    { scheme: "file", language },
+    { scheme: "untitled", language },
+  ]);
+}
+
 async function startClient(): Promise<void> {
   const cl = commandLine();
   const serverOptions: ServerOptions = { command: cl.command, args: cl.args, transport: TransportKind.stdio };
-  const languages = section().get<string[]>("languages") ?? ["python"];
   const clientOptions: LanguageClientOptions = {
-    documentSelector: languages.flatMap((language) => [
-      { scheme: "file", language },
-      { scheme: "untitled", language },
-    ]),
+    documentSelector: documentSelector(),
     outputChannel: output,
     initializationOptions: () => serverSettings(),
     middleware: {
@@ -83,11 +89,15 @@ async function startClient(): Promise<void> {
   const c = new LanguageClient("fimLsp", "fim-lsp", serverOptions, clientOptions);
   client = c;
   lastStatus = undefined;
+  editsWhileStarting.reset();
   refreshStatus();
   c.onNotification("fimLsp/status", (params: ServerStatus) => {
     const failedNow = params.state === "failed" && lastStatus?.state !== "failed";
     lastStatus = params;
     refreshStatus();
+    if (editsWhileStarting.noteState(params.state, vscode.window.activeTextEditor?.document.uri.toString())) {
+      void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+    }
     if (failedNow) {
       void vscode.window.showErrorMessage(`fim-lsp: the models failed to load: ${params.message}`, "Show output").then(
         (pick) => pick && output.show(),
@@ -145,6 +155,8 @@ async function showCandidates(): Promise<void> {
     void vscode.window.showInformationMessage("fim-lsp: no completion yet; type in a file first");
     return;
   }
+  // The quick pick shows each text on one line; the output channel keeps them whole, to copy.
+  output.info(`competing completions: ${JSON.stringify(result)}`);
   const picks = candidatePicks(result);
   const chosen = await vscode.window.showQuickPick(picks, {
     title: `Competing completions (winner: ${result.winner ?? "none"}); pick one to insert it`,
@@ -172,6 +184,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("fim-lsp.enable", () => setEnabled(true)),
     vscode.commands.registerCommand("fim-lsp.disable", () => setEnabled(false)),
     vscode.commands.registerCommand("fim-lsp.restart", restart),
+    vscode.workspace.onDidChangeTextDocument((e) => {
+      if (e.contentChanges.length > 0 && vscode.languages.match(documentSelector(), e.document) > 0) {
+        editsWhileStarting.noteEdit(e.document.uri.toString());
+      }
+    }),
     vscode.workspace.onDidChangeConfiguration(async (e) => {
       if (!e.affectsConfiguration(SECTION)) {
         return;

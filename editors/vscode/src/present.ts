@@ -21,7 +21,7 @@ export function statusView(status: ServerStatus | undefined, enabled: boolean): 
     return { text: "$(circle-slash) FIM off", tooltip: "fim-lsp completions are disabled", error: false };
   }
   if (!status) {
-    return { text: "$(sync~spin) FIM", tooltip: "fim-lsp: starting the server", error: false };
+    return { text: "$(sync~spin) FIM starting", tooltip: "fim-lsp: starting the server", error: false };
   }
   const models = status.models.length > 0 ? ` (${status.models.join(", ")})` : "";
   switch (status.state) {
@@ -32,7 +32,7 @@ export function statusView(status: ServerStatus | undefined, enabled: boolean): 
     default: {
       const latency = typeof status.latencyMs === "number" ? ` ${Math.round(status.latencyMs)} ms` : "";
       return {
-        text: `$(sparkle) FIM${latency}`,
+        text: `$(sparkle) FIM ready${latency}`,
         tooltip: `fim-lsp ready${models}${latency ? `; last completion took${latency}` : ""}\nClick to show competing completions.`,
         error: false,
       };

@@ -21,7 +21,7 @@ describe("toServerSettings", () => {
   it("sends every server key with its default when nothing is set", () => {
     const s = toServerSettings(reader({}));
     assert.deepEqual(s, SERVER_DEFAULTS);
-    assert.equal(SERVER_KEYS.length, 34);
+    assert.equal(SERVER_KEYS.length, 37);
   });
 
   it("passes user values through and leaves client-only keys out", () => {

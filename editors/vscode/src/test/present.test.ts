@@ -3,17 +3,27 @@ import { describe, it } from "node:test";
 import { candidatePicks, CandidatesResult, statusView } from "../present";
 
 describe("statusView", () => {
-  it("shows loading, ready with latency, failed, and off", () => {
+  it("names every state in the text, not only in the icon", () => {
     assert.match(statusView({ state: "loading", message: "loading qwen", models: ["qwen"], latencyMs: null }, true).text, /loading/);
     const ready = statusView({ state: "ready", message: "", models: ["qwen", "dllm"], latencyMs: 123.6 }, true);
-    assert.equal(ready.text, "$(sparkle) FIM 124 ms");
+    assert.equal(ready.text, "$(sparkle) FIM ready 124 ms");
     assert.match(ready.tooltip, /qwen, dllm/);
     assert.equal(ready.error, false);
     const failed = statusView({ state: "failed", message: "CUDA out of memory", models: [], latencyMs: null }, true);
     assert.equal(failed.error, true);
     assert.match(failed.tooltip, /CUDA out of memory/);
     assert.match(statusView(undefined, false).text, /off/);
-    assert.equal(statusView({ state: "ready", message: "", models: [], latencyMs: null }, true).text, "$(sparkle) FIM");
+    assert.equal(statusView({ state: "ready", message: "", models: [], latencyMs: null }, true).text, "$(sparkle) FIM ready");
+    assert.equal(statusView(undefined, true).text, "$(sync~spin) FIM starting");
+    // Without its icon, each state still reads differently (the icons may not render, or be missed).
+    const states = [
+      statusView(undefined, true),
+      statusView({ state: "loading", message: "", models: [], latencyMs: null }, true),
+      statusView({ state: "ready", message: "", models: [], latencyMs: null }, true),
+      statusView({ state: "failed", message: "", models: [], latencyMs: null }, true),
+      statusView(undefined, false),
+    ].map((v) => v.text.replace(/^\$\([^)]*\) /, ""));
+    assert.equal(new Set(states).size, states.length, states.join(" | "));
   });
 });
 

@@ -101,7 +101,7 @@ describe("against the real server", { skip, timeout: 120_000 }, () => {
     const last = statuses.at(-1);
     assert.ok(last, "no fimLsp/status notification");
     assert.equal(last.state, "ready");
-    assert.match(statusView(last, true).text, /FIM( \d+ ms)?$/);
+    assert.match(statusView(last, true).text, /FIM ready( \d+ ms)?$/);
     await conn.sendRequest("shutdown");
     await conn.sendNotification("exit");
   });
