@@ -140,19 +140,25 @@ def _claim_block() -> int:
     locks = state_dir() / "locks"
     locks.mkdir(mode=0o700, exist_ok=True)
     mine, free = None, []
-    for block in range(MAX_BLOCKS):
-        fd = os.open(locks / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        free.append((block, fd))
+    # Another eval starting at the same moment holds every free block for the instant it clears them,
+    # so a scan that finds none is tried again for a while before it means "all in use".
+    deadline = time.monotonic() + 10
+    while mine is None:
+        for block in range(MAX_BLOCKS):
+            fd = os.open(locks / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            free.append((block, fd))
+            if mine is None:
+                mine = block
+                _held_locks.append(fd)  # kept open for the life of the process
         if mine is None:
-            mine = block
-            _held_locks.append(fd)  # kept open for the life of the process
-    if mine is None:
-        raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"all {MAX_BLOCKS} sandbox uid blocks are in use")
+            time.sleep(0.05)
     _clear_blocks([b for b, _ in free])
     for block, fd in free:
         if block != mine:
