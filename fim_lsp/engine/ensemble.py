@@ -64,7 +64,7 @@ class Engine:
         self.static_dllm: StaticPass | None = None
         self._line_stop: LineStop | None = None
         self._side: ThreadPoolExecutor | None = None  # the overlapped diffusion stage (config.overlap)
-        self._side_stream = self._main_stream = None
+        self._side_stream = None
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, on_progress: Callable[[str], None] | None = None) -> None:
@@ -192,16 +192,10 @@ class Engine:
         if device.type == "cuda" and self.static_dllm is not None and self.ar is not None and cfg.overlap != "off":
             side = self._side_pool().submit(self._on_side_stream, lambda: self._run_dllm(requests, cfg, cancel))
         if self.ar is not None:
-            if side is not None:  # Qwen's one-token steps first whenever both stages have work ready
-                self._main_stream.wait_stream(torch.cuda.default_stream(device))
-                with torch.cuda.stream(self._main_stream):
-                    qwen, prompt = self._run_qwen(requests, cfg, cancel)
-                    timings["qwen"] = self._lap(start)
-            else:
-                qwen, prompt = self._run_qwen(requests, cfg, cancel)
-                timings["qwen"] = self._lap(start)
+            qwen, prompt = self._run_qwen(requests, cfg, cancel)
             for g, out in zip(gens, qwen):
                 g.append(out)
+            timings["qwen"] = self._lap(start)
             timings["qwen_prefill"] = qwen[0].prefill_seconds or 0.0
         if self.dllm is not None:
             if side is not None:
@@ -234,7 +228,6 @@ class Engine:
         if self._side is None:
             self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-dllm")
             self._side_stream = torch.cuda.Stream(self._device())
-            self._main_stream = torch.cuda.Stream(self._device(), priority=-1)  # the highest priority
         return self._side
 
     def _on_side_stream(self, fn: Callable[[], object]) -> tuple[object, float]:
