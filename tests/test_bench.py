@@ -309,21 +309,6 @@ def test_contexts_one_problem_each_at_the_asked_length(shared_data: Path) -> Non
         assert abs(c.prefix_tokens - 150) <= 2 and abs(c.suffix_tokens - 50) <= 2
 
 
-def test_percentile_and_agreement_units() -> None:
-    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
-    assert _close(percentile([1.0, 2.0, 3.0, 4.0], 0.9), 3.7)
-    assert percentile([], 0.5) is None
-
-    def sample(variant: str, ids: list[int], text: str) -> Sample:
-        st = StageSample(1.0, 1, 1, 1, None)
-        return Sample(variant, 0, 0, 10, 4, {"dllm": st}, 1.0, None, None, {}, {"winner": text, "dllm": text},
-                      {"dllm": ids})
-
-    a = agreement([sample("exact", [1, 2, 3, 4], "a")], [sample("x", [1, 2, 9], "b")])
-    assert a["pairs"] == 1 and _close(a["dllm_token_share"], 2 / 4) and a["dllm_exact_share"] == 0
-    assert a["winner_exact_share"] == 0
-
-
 def test_stage_windows_sequential_and_concurrent() -> None:
     w = stage_windows(0.0, 10.0, {"qwen": 2.0, "dllm": 7.0, "score": 1.0})
     assert w == {"qwen": (0.0, 2.0), "dllm": (2.0, 9.0), "score": (9.0, 10.0)}

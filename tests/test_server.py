@@ -15,7 +15,7 @@ from fim_lsp.server.context import extract
 from fim_lsp.server.logs import log_file
 from fim_lsp.server.postprocess import postprocess
 from forced import write_forced_pair
-from server_client import Session, capabilities, start_server
+from server_client import Session, start_server
 
 URI = "file:///work/example.py"
 DOC = "def add(a, b):\n    return a + b\n\n\ndef mean(values):\n    total = \n"

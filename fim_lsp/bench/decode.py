@@ -58,26 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     text = line * max(1, args.context_tokens // per_line)
     request = [(text[: len(text) * 3 // 4], text[len(text) * 3 // 4:])]
     params = ArParams(temperature=0.0, max_new_tokens=args.tokens)
-    runners = {
-        "eager": lambda: generate_fim_keep_prompt(lm, request, params, limits=RowLimits([args.tokens], [False]))[0],
-        "graphs": StaticGenerator(lm).generate,
-        "compiled": StaticGenerator(lm, "reduce-overhead").generate,
+    budget = RowLimits([args.tokens], [False])
+    runners = {  # each returns the generations of one completion
+        "eager": lambda: generate_fim_keep_prompt(lm, request, params, limits=budget)[0],
+        "graphs": lambda g=StaticGenerator(lm): g.generate(request, params)[0],
+        "compiled": lambda g=StaticGenerator(lm, "reduce-overhead"): g.generate(request, params)[0],
     }
     rows = []
-    tokens: dict[str, list[int]] = {}
+    first_tokens = None
     for name in args.paths.split(","):
         run = runners[name]
         t = time.perf_counter()
-        _ = run(request, params) if name != "eager" else run()
+        run()  # the first call captures or compiles
         warm = time.perf_counter() - t
         per_token = []
         for _ in range(args.repeats):
-            gens = run(request, params) if name != "eager" else run()
-            gen = gens[0][0] if name != "eager" else gens[0]
+            gen = run()[0]
             per_token.append((gen.seconds - gen.prefill_seconds) / max(1, gen.forward_passes - 1) * 1000)
-        tokens.setdefault("first", gen.token_ids)
+        first_tokens = first_tokens or gen.token_ids
         rows.append((name, percentile(per_token, 0.5), gen.prefill_seconds * 1000, warm, gen.forward_passes,
-                     gen.token_ids == tokens["first"]))
+                     gen.token_ids == first_tokens))
         print(f"{name}: decode {rows[-1][1]:.2f} ms/token, prompt pass {rows[-1][2]:.1f} ms, first call "
               f"{warm:.1f} s", file=sys.stderr, flush=True)
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"

@@ -50,6 +50,14 @@ class RowLimits:
     def uniform(cls, n: int, params: ArParams) -> "RowLimits":
         return cls([params.max_new_tokens] * n, [False] * n)
 
+    def stop_tables(self, lm: LoadedModel) -> LineStop | None:
+        """The single-line tables when some row needs them, built on first use."""
+        if not any(self.single_line):
+            return None
+        if self.line_stop is None:
+            self.line_stop = LineStop.from_tokenizer(lm.tokenizer, lm.device)
+        return self.line_stop
+
 
 @dataclass
 class PromptState:
@@ -84,8 +92,7 @@ def generate_fim_keep_prompt(
     Log-probs are taken over the full vocabulary rows, untempered, exactly as the scorer's."""
     start = time.perf_counter()
     limits = limits or RowLimits.uniform(len(requests), params)
-    if any(limits.single_line) and limits.line_stop is None:
-        limits.line_stop = LineStop.from_tokenizer(lm.tokenizer, lm.device)
+    line_stop = limits.stop_tables(lm)
     tok, model, dev = lm.tokenizer, lm.model, lm.device
     prompts = [fim_ids(tok, p, s) for p, s in requests]
     stops = torch.tensor(stop_ids(tok), device=dev)
@@ -133,8 +140,8 @@ def generate_fim_keep_prompt(
             for row in (~done & stopped).nonzero().flatten().tolist():
                 end_logprob[row] = float(full[row, eos])  # "the hole ends here", as the scorer asks
             done |= stopped
-            if limits.line_stop is not None:
-                line_end, seen_text = limits.line_stop.step(nxt, seen_text)
+            if line_stop is not None:
+                line_end, seen_text = line_stop.step(nxt, seen_text)
                 done |= single & line_end
             done |= torch.tensor([len(o) >= b for o, b in zip(out, limits.budgets)], device=dev)
             if bool(done.all()):

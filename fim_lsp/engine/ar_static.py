@@ -12,8 +12,7 @@ import time
 import torch
 
 from .ar_fim import ArParams, PromptState, RowLimits, fim_ids, stop_ids
-from .graphs import GraphCache
-from .line_stop import LineStop
+from .graphs import GraphCache, bucket
 from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation, Score
 from .sampling import sample_with_noise
@@ -22,10 +21,6 @@ from .static_model import KVCache, StaticQwen2
 
 WIDTH_STEP = 64
 MIN_CACHE = 2048
-
-
-def bucket(n: int, step: int) -> int:
-    return -(-n // step) * step
 
 
 def cache_length(needed: int) -> int:
@@ -48,13 +43,6 @@ class StaticGenerator:
         self.prompt_graphs = GraphCache(lm.device)  # one shape per width bucket: not worth compiling on CPU
         self.score_graphs = GraphCache(lm.device)
         self.caches: dict[tuple[int, int], KVCache] = {}
-        self._line_stop: LineStop | None = None
-
-    @property
-    def line_stop(self) -> LineStop:
-        if self._line_stop is None:
-            self._line_stop = LineStop.from_tokenizer(self.lm.tokenizer, self.lm.device)
-        return self._line_stop
 
     def _cache(self, batch: int, length: int) -> KVCache:
         if (batch, length) not in self.caches:
@@ -127,7 +115,7 @@ class StaticGenerator:
             seen_text = torch.zeros_like(done)
             budgets = torch.tensor(limits.budgets, device=dev)
             single = torch.tensor(limits.single_line, device=dev)
-            line_stop = self.line_stop if any(limits.single_line) else None
+            line_stop = limits.stop_tables(self.lm)
             last_pos = positions[:, -1]
             passes, prefill_seconds = 1, None
             for step in range(most):

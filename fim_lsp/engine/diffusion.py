@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .dual_cache import dual_cache_logits
-from .graphs import GraphCache
+from .graphs import GraphCache, bucket
 from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
@@ -209,7 +209,7 @@ def diffusion_infill(
         spans.append((len(p), len(p) + length))
     width = max(len(r) for r in rows)
     if static is not None and params.cache_refresh == 0:
-        width = -(-width // static.width_step) * static.width_step
+        width = bucket(width, static.width_step)
     x = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
     valid = torch.zeros((len(rows), width), dtype=torch.bool, device=dev)
     for b, r in enumerate(rows):

@@ -100,7 +100,6 @@ class Engine:
         if compile_enabled(cfg, device.type):
             self._build_static(device)
 
-
     @property
     def compiled(self) -> bool:
         """True when model passes run on the static path (graphs on CUDA, torch.compile on CPU)."""
@@ -240,16 +239,17 @@ class Engine:
 
     def _run_qwen(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
         params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
+        # the single-line tables cost ~0.5 s to build: kept across requests
         limits = RowLimits([r.max_new_tokens or cfg.max_new_tokens for r in requests],
-                           [r.single_line for r in requests])
+                           [r.single_line for r in requests], self._line_stop)
         pairs = [(r.prefix, r.suffix) for r in requests]
-        if self.static_ar is not None:
-            return self.static_ar.generate(pairs, params, self._generator(self.ar, 0), cancel, limits)
-        if any(limits.single_line):
-            if self._line_stop is None:
-                self._line_stop = LineStop.from_tokenizer(self.ar.tokenizer, self.ar.device)
-            limits.line_stop = self._line_stop
-        return generate_fim_keep_prompt(self.ar, pairs, params, self._generator(self.ar, 0), cancel, limits)
+        generator = self._generator(self.ar, 0)
+        try:
+            if self.static_ar is not None:
+                return self.static_ar.generate(pairs, params, generator, cancel, limits)
+            return generate_fim_keep_prompt(self.ar, pairs, params, generator, cancel, limits)
+        finally:
+            self._line_stop = limits.line_stop
 
     def _run_dllm(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
         jobs = []

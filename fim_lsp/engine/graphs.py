@@ -15,6 +15,11 @@ import torch
 Fn = Callable[..., tuple[torch.Tensor, ...]]
 
 
+def bucket(n: int, step: int) -> int:
+    """n rounded up to a multiple of step: padded shapes that replay across requests."""
+    return -(-n // step) * step
+
+
 def use_compile_cache() -> Path:
     """Keep inductor's compiled kernels under the user cache dir, so a restart does not recompile."""
     from platformdirs import user_cache_dir
