@@ -8,6 +8,7 @@ a larger power of two)."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -78,8 +79,10 @@ class StaticGenerator:
         return decode
 
     def generate(self, requests: list[tuple[str, str]], params: ArParams, generator: torch.Generator | None = None,
-                 cancel: CancelCheck | None = None, limits: RowLimits | None = None
-                 ) -> tuple[list[Generation], PromptState]:
+                 cancel: CancelCheck | None = None, limits: RowLimits | None = None,
+                 on_prompt: Callable[[PromptState], None] | None = None) -> tuple[list[Generation], PromptState]:
+        """Generate, and return the prompts' state for scoring; on_prompt gets that state as soon as the
+        prompt pass is queued (the overlapped diffusion stage scores its candidates on it)."""
         start = time.perf_counter()
         tok, dev = self.lm.tokenizer, self.lm.device
         limits = limits or RowLimits.uniform(len(requests), params)
@@ -106,7 +109,9 @@ class StaticGenerator:
         with torch.inference_mode():
             nxt, lp, eos_lp, first = self.prompt_graphs.run(("prefill", *key), lambda: self._prefill_fn(cache, width, params),
                                                      [ids, positions, kv_valid, noise()])
-            first = first.clone()
+            prompt = PromptState(cache=cache, attn=valid, first_logprobs=first.clone())
+            if on_prompt is not None:
+                on_prompt(prompt)
             out_tok = torch.zeros((batch, most), dtype=torch.long, device=dev)
             out_lp = torch.zeros((batch, most), device=dev)
             kept = torch.zeros(batch, dtype=torch.long, device=dev)
@@ -151,7 +156,7 @@ class StaticGenerator:
             gens.append(Generation(model="qwen", text=text, token_ids=ids_row,
                                    forward_passes=passes, seconds=seconds, logprobs=lps[row][: len(ids_row)],
                                    end_logprob=end, prefill_seconds=prefill_seconds or seconds * batch))
-        return gens, PromptState(cache=cache, attn=valid, first_logprobs=first)
+        return gens, prompt
 
     def _score_fn(self, src: KVCache, width: int, t: int):
         dev = self.lm.device

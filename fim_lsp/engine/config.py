@@ -52,8 +52,9 @@ class EngineConfig:
     profile: str = "exact"  # "editor" turns the speed options on, see PROFILES
     # static-shape model passes replayed as CUDA graphs (torch.compile on CPU); auto: on for CUDA only
     compile: str = "auto"
-    # CUDA, compiled: the diffusion stage on its own stream and thread while Qwen decodes (graph replays
-    # leave the interpreter free, and Qwen's one-token steps leave the GPU's multiprocessors idle)
+    # compiled: the diffusion stage on its own thread (and CUDA stream) while Qwen decodes (graph replays
+    # leave the interpreter free, and Qwen's one-token steps leave the GPU's multiprocessors idle); auto:
+    # on for CUDA; on: also on CPU, where it only serves tests
     overlap: str = "auto"
 
     def validate(self) -> None:
@@ -173,7 +174,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", choices=COMPILE_CHOICES, default=d.compile,
                    help="static-shape passes as CUDA graphs (torch.compile on CPU); auto: on for CUDA")
     g.add_argument("--overlap", choices=COMPILE_CHOICES, default=d.overlap,
-                   help="run diffusion beside Qwen on a second CUDA stream (needs compile on CUDA); auto: on")
+                   help="with --compile: diffusion beside Qwen on a second thread and CUDA stream; auto: on for CUDA")
 
 
 def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +21,7 @@ from .diffusion import DiffusionParams, StaticPass, diffusion_infill
 from .graphs import GraphCache, use_compile_cache
 from .line_stop import LineStop
 from .loading import LoadedModel, ModelLoadError, encode, load_model, mask_token_id, resolve_device, resolve_dtype
+from .overlap import PromptHandoff, SideStage
 from .results import CancelCheck, Cancelled, Candidate, Completion, Generation, Score
 from .scorer import ScoreItem, score_batch, score_from_logprobs, score_on_prompt
 from .static_model import KVCache, StaticQwen2
@@ -63,8 +63,7 @@ class Engine:
         self.static_ar: StaticGenerator | None = None  # the compiled paths (config.compile)
         self.static_dllm: StaticPass | None = None
         self._line_stop: LineStop | None = None
-        self._side: ThreadPoolExecutor | None = None  # the overlapped diffusion stage (config.overlap)
-        self._side_stream = None
+        self._side: SideStage | None = None  # the overlapped diffusion stage (config.overlap)
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, on_progress: Callable[[str], None] | None = None) -> None:
@@ -182,33 +181,42 @@ class Engine:
         start = time.perf_counter()
         reuse = cfg.score_reuse and cfg.score_mode == "fim" and self.ar is not None and self.scorer is self.ar
         gens: list[list[Generation]] = [[] for _ in requests]
+        known: dict[tuple[int, int], Score] = {}  # (request, candidate) scored by the diffusion stage
         timings: dict[str, float] = {}
         prompt = None
         # Eager, the stages take turns, also on a GPU: two Python threads launching kernels through one
         # interpreter measured 2.8x slower than turns. Replayed graphs leave the interpreter free, so on
-        # the static path the diffusion stage can run on its own stream beside Qwen (eval/BENCHMARKS.md).
-        side = None
-        if device.type == "cuda" and self.static_dllm is not None and self.ar is not None and cfg.overlap != "off":
-            side = self._side_pool().submit(self._on_side_stream, lambda: self._run_dllm(requests, cfg, cancel))
+        # the static path the diffusion stage runs beside Qwen (overlap.py, eval/BENCHMARKS.md).
+        side, handoff = None, PromptHandoff()
+        if self.static_dllm is not None and self.ar is not None and (
+                cfg.overlap == "on" or (cfg.overlap == "auto" and device.type == "cuda")):
+            side = self._side_stage().submit(lambda: self._dllm_stage(requests, cfg, cancel, handoff if reuse else None))
         if self.ar is not None:
-            qwen, prompt = self._run_qwen(requests, cfg, cancel)
+            try:
+                qwen, prompt = self._run_qwen(requests, cfg, cancel, handoff.put if side is not None else None)
+            finally:
+                handoff.close()
             for g, out in zip(gens, qwen):
                 g.append(out)
             timings["qwen"] = self._lap(start)
             timings["qwen_prefill"] = qwen[0].prefill_seconds or 0.0
         if self.dllm is not None:
             if side is not None:
-                outs, timings["dllm"] = side.result()
+                (outs, side_scores, side_score_seconds), timings["dllm"] = side.result()
+                if side_score_seconds is not None:
+                    timings["dllm_score"] = side_score_seconds
             else:
                 t = time.perf_counter()
-                outs = self._run_dllm(requests, cfg, cancel)
+                outs, side_scores = self._run_dllm(requests, cfg, cancel), None
                 timings["dllm"] = self._lap(t)
-            for i, out in outs:
+            for k, (i, out) in enumerate(outs):
                 gens[i].append(out)
+                if side_scores is not None:
+                    known[(i, len(gens[i]) - 1)] = side_scores[k]
         if cancel is not None and cancel():
             raise Cancelled()
         t = time.perf_counter()
-        scores = self._score(requests, gens, cfg, prompt if reuse else None)
+        scores = self._score(requests, gens, cfg, prompt if reuse else None, known)
         timings["score"] = self._lap(t)
         timings["total"] = time.perf_counter() - start
         per_request = {k: v / len(requests) for k, v in timings.items()}
@@ -223,21 +231,25 @@ class Engine:
             torch.cuda.current_stream(self._device()).synchronize()
         return time.perf_counter() - since
 
-    def _side_pool(self) -> ThreadPoolExecutor:
+    def _side_stage(self) -> SideStage:
         if self._side is None:
-            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fim-dllm")
-            self._side_stream = torch.cuda.Stream(self._device())
+            self._side = SideStage(self._device())
         return self._side
 
-    def _on_side_stream(self, fn: Callable[[], object]) -> tuple[object, float]:
+    def _dllm_stage(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None,
+                    handoff: PromptHandoff | None):
+        """The diffusion candidates and, once Qwen's prompt is cached, their scores on it (the same
+        math as the scoring stage's), so scoring after Qwen's last token is left with Qwen's own."""
+        outs = self._run_dllm(requests, cfg, cancel)
+        prompt = handoff.get() if handoff is not None else None
+        if prompt is None or not isinstance(prompt.cache, KVCache) or self.static_ar is None:
+            return outs, None, None
         start = time.perf_counter()
-        self._side_stream.wait_stream(torch.cuda.default_stream(self._device()))
-        with torch.cuda.stream(self._side_stream):
-            out = fn()
-        self._side_stream.synchronize()
-        return out, time.perf_counter() - start
+        scores = self.static_ar.score(prompt, [(i, out.text) for i, out in outs])
+        return outs, scores, time.perf_counter() - start
 
-    def _run_qwen(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None):
+    def _run_qwen(self, requests: list[FimRequest], cfg: EngineConfig, cancel: CancelCheck | None,
+                  on_prompt: Callable[[PromptState], None] | None = None):
         params = ArParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens)
         # the single-line tables cost ~0.5 s to build: kept across requests
         limits = RowLimits([r.max_new_tokens or cfg.max_new_tokens for r in requests],
@@ -246,7 +258,7 @@ class Engine:
         generator = self._generator(self.ar, 0)
         try:
             if self.static_ar is not None:
-                return self.static_ar.generate(pairs, params, generator, cancel, limits)
+                return self.static_ar.generate(pairs, params, generator, cancel, limits, on_prompt)
             return generate_fim_keep_prompt(self.ar, pairs, params, generator, cancel, limits)
         finally:
             self._line_stop = limits.line_stop
@@ -271,7 +283,7 @@ class Engine:
         return torch.Generator(device=lm.device).manual_seed(self.config.seed + offset)
 
     def _score(self, requests: list[FimRequest], gens: list[list[Generation]], cfg: EngineConfig,
-               prompt: PromptState | None) -> list[list[Score | None]]:
+               prompt: PromptState | None, known: dict[tuple[int, int], Score]) -> list[list[Score | None]]:
         if self.scorer is None:
             return [[None] * len(g) for g in gens]
         if prompt is None:
@@ -284,6 +296,9 @@ class Engine:
         todo = []
         for i, gs in enumerate(gens):
             for j, g in enumerate(gs):
+                if (i, j) in known:
+                    out[i][j] = known[(i, j)]
+                    continue
                 own = (g.model == "qwen" and g.end_logprob is not None
                        and encode(self.scorer.tokenizer, g.text) == g.token_ids)
                 if own:
