@@ -14,9 +14,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fim_lsp.engine.diffusion import bidirectional_logits
-from fim_lsp.engine.dual_cache import dual_cache_logits
+from fim_lsp.engine.diffusion import StaticPass, bidirectional_logits
+from fim_lsp.engine.dual_cache import dual_cache_logits, static_dual_cache_logits
+from fim_lsp.engine.graphs import GraphCache, bucket
 from fim_lsp.engine.loading import LoadedModel, encode, load_model, mask_token_id
+from fim_lsp.engine.static_model import StaticQwen2
 from fim_lsp.tiny import build_model
 
 ATOL = 1e-4
@@ -97,3 +99,44 @@ def test_the_boundary_check_sees_a_stale_cache(two_layers):
 def test_one_layer_block_pass_equals_the_full_pass_at_every_step(one_layer):
     err = compare(one_layer, [0, 1, 2, 3, 4, 5, 6], REFRESH)
     assert max(err) < ATOL, err
+
+
+def padded(x: torch.Tensor, width: int) -> torch.Tensor:
+    """x right-padded with zeros (False) to `width` columns: the static path's bucketed batch."""
+    out = torch.zeros((x.size(0), width), dtype=x.dtype)
+    out[:, : x.size(1)] = x
+    return out
+
+
+def compare_static(lm: LoadedModel, fill: list[int], refresh_every: int) -> tuple[list[float], list[float]]:
+    """Max |static - eager DualCache| and |static - full pass| logit difference at each call."""
+    x, valid, mid = batch(lm)
+    rows = window_rows(x, mid)
+    width = bucket(x.size(1), 64)
+    static = StaticPass(StaticQwen2(lm.model), GraphCache(torch.device("cpu")))
+    mine = static_dual_cache_logits(lm, static, padded(valid, width), padded(x, width) == mid, [mid], refresh_every)
+    eager = dual_cache_logits(lm, valid, x == mid, [mid], refresh_every)
+    full = bidirectional_logits(lm, valid, [mid])
+    to_eager, to_full = [], []
+    for xs in steps(x, mid, fill):
+        a, e, f = mine(padded(xs, width), rows), eager(xs, rows), full(xs, rows)
+        assert torch.equal(torch.isfinite(a), torch.isfinite(e))  # the same ids banned
+        ok = torch.isfinite(e)
+        to_eager.append(float((a - e)[ok].abs().max()))
+        to_full.append(float((a - f)[ok].abs().max()))
+    assert len(static.graphs) == 2  # one refresh graph and one block graph, replayed at every call
+    return to_eager, to_full
+
+
+def test_static_dual_cache_equals_the_eager_one_at_every_call(two_layers):
+    fill = [0, 0, 1, 2, 2, 3, 4, 4]  # calls 0, 3, 6 refresh; the others are block passes
+    to_eager, to_full = compare_static(two_layers, fill, REFRESH)
+    assert max(to_eager) < 1e-5, to_eager
+    for i in (0, 3, 6):
+        assert to_full[i] < 1e-5, f"refresh {i}: logits differ from a full pass by {to_full[i]:.3g}"
+    assert to_full[5] > 100 * ATOL, to_full  # a block pass after the hole moved: the approximation
+
+
+def test_static_one_layer_block_pass_equals_the_full_pass_at_every_step(one_layer):
+    _, to_full = compare_static(one_layer, [0, 1, 2, 3, 4, 5, 6], REFRESH)
+    assert max(to_full) < 1e-5, to_full

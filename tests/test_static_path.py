@@ -192,6 +192,27 @@ def test_static_diffusion_pass_equals_the_plain_pass(tiny_models):
     assert torch.allclose(static_bidirectional_logits(dllm, static, valid, [mid])(xp, rows), exact, atol=1e-5)
 
 
+def test_static_dual_cache_infill_equals_the_eager_dual_cache(tiny_models):
+    """A request on the static DualCache path: one refresh graph, then one block graph per step, both
+    replayed by the next request of the same shape; the tokens of the eager DualCache path."""
+    dllm = load_model(str(tiny_models / "dllm"), "dllm", CPU, torch.float32)
+    mid = mask_token_id(dllm.tokenizer)
+    static = StaticPass(StaticQwen2(dllm.model), GraphCache(CPU))
+    keys: list[str] = []
+    run = static.graphs.run
+    static.graphs.run = lambda key, make, inputs: keys.append(key) or run(key, make, inputs)  # type: ignore[method-assign]
+    reqs = [("def f(a):\n    return ", "\n\nf(1)\n", 6), ("x = ", "\n", 3)]
+    params = DiffusionParams(steps=6, temperature=0.0, cache_refresh=8)
+    eager = diffusion_infill(dllm, mid, reqs, params)
+    for _ in range(2):  # the second request refreshes the kept cache and replays the same two graphs
+        keys.clear()
+        graphed = diffusion_infill(dllm, mid, reqs, params, static=static)
+        assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
+        assert max(g.forward_passes for g in graphed) == 6
+        assert keys == ["dllm_full"] + ["dllm_block"] * 5
+        assert len(static.graphs) == 2 and list(static.caches) == [(2, 64)]  # one K/V buffer, bucketed width
+
+
 def test_greedy_nucleus_without_sort_matches_the_sorted_filter():
     gen = torch.Generator().manual_seed(0)
     sharp = torch.randn(5, 3000, generator=gen) * 8  # nucleus of a few tokens: the top-k path answers

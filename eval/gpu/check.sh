@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of eval/BENCHMARKS.md in one device call (issue 9): the server variant's targets at 256
 # and 1024 tokens; the stages in turn instead of overlapped; Qwen's decode ms/token per path; compile off
-# (before: the eager path); DualCache on a GPU. STEPS="server decode" runs a subset.
+# (before: the eager path); DualCache on a GPU (compiled: its refreshes and block passes replayed as
+# graphs). STEPS="server decode" runs a subset.
 # Carry .whl (transformers 5.24.0, platformdirs: the device image has 5.17) and .gpu/data (the
 # tokenizers and the HumanEval single-line file, copied from ../shared/data). Logs go to $OUT.
 # Locally, to check the script itself: DEVICE=cpu CONFIG=small SAMPLES=1 REPEATS=1 bash eval/gpu/check.sh

@@ -103,8 +103,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "exact": {},
     "editor": {"dllm_threshold": 0.9, "dllm_cache_refresh": 8, "dllm_steps_per_token": 0.25},
 }
-# On a GPU a pass is launch-bound, not FLOP-bound: DualCache's partial passes save nothing there
-# (eval/BENCHMARKS.md, GPU section), while a full pass of static shape replays as one CUDA graph.
+# On a GPU a pass is launch-bound, not FLOP-bound: DualCache's eager partial passes save nothing there
+# (eval/BENCHMARKS.md, GPU section), while a full pass of static shape replays as one CUDA graph. A
+# compiled engine given dllm_cache_refresh > 0 replays DualCache's block passes as graphs too
+# (dual_cache.static_dual_cache_logits); unmeasured on a GPU, so not the default.
 DEVICE_PROFILES: dict[tuple[str, str], dict[str, Any]] = {("editor", "cuda"): {"dllm_cache_refresh": 0}}
 
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
-from .dual_cache import dual_cache_logits
+from .dual_cache import dual_cache_logits, static_dual_cache_logits
 from .graphs import GraphCache, bucket
 from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
+from .static_model import KVCache
 
 # logits_fn(x, rows) -> the model's unshifted output logits [B, len(rows), V] at sequence rows `rows`
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -162,6 +163,13 @@ class StaticPass:
     net: object  # static_model.StaticQwen2
     graphs: GraphCache
     width_step: int = 64  # batch widths are padded to a multiple of this, so graphs replay across requests
+    # DualCache K/V per (batch, width), made outside any capture and kept: the graphs hold their addresses
+    caches: dict[tuple[int, int], KVCache] = field(default_factory=dict)
+
+    def cache(self, batch: int, width: int) -> KVCache:
+        if (batch, width) not in self.caches:
+            self.caches[(batch, width)] = self.net.new_cache(batch, width)  # type: ignore[attr-defined]
+        return self.caches[(batch, width)]
 
 
 def static_bidirectional_logits(lm: LoadedModel, static: StaticPass, valid: torch.Tensor, banned: list[int]) -> LogitsFn:
@@ -196,8 +204,9 @@ def diffusion_infill(
     cancel: CancelCheck | None = None,
     static: StaticPass | None = None,
 ) -> list[Generation]:
-    """Fill each (prefix, suffix, hole_length) in one right-padded batch. With `static` (and no
-    DualCache) each pass is a replayed graph over a width padded to `static.width_step`."""
+    """Fill each (prefix, suffix, hole_length) in one right-padded batch. With `static` each pass (with
+    DualCache: each refresh and each block pass) is a replayed graph over a width padded to
+    `static.width_step`."""
     start = time.perf_counter()
     tok, dev = lm.tokenizer, lm.device
     ends = [i for i in (special_id(tok, t) for t in END_TOKENS) if i is not None]
@@ -208,7 +217,7 @@ def diffusion_infill(
         rows.append(p + [mask_id] * length + encode(tok, suffix))
         spans.append((len(p), len(p) + length))
     width = max(len(r) for r in rows)
-    if static is not None and params.cache_refresh == 0:
+    if static is not None:
         width = bucket(width, static.width_step)
     x = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
     valid = torch.zeros((len(rows), width), dtype=torch.bool, device=dev)
@@ -218,7 +227,9 @@ def diffusion_infill(
     if params.steps_per_token is not None:
         longest = max(length for _, _, length in requests)
         params = replace(params, steps=max(1, min(params.steps, math.ceil(longest * params.steps_per_token))))
-    if params.cache_refresh > 0:
+    if static is not None and params.cache_refresh > 0:
+        logits_fn = static_dual_cache_logits(lm, static, valid, x == mask_id, [mask_id], params.cache_refresh)
+    elif params.cache_refresh > 0:
         logits_fn = dual_cache_logits(lm, valid, x == mask_id, [mask_id], params.cache_refresh)
     elif static is not None:
         logits_fn = static_bidirectional_logits(lm, static, valid, [mask_id])

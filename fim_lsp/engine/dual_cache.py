@@ -7,10 +7,14 @@ attending to the cached keys. A refresh every step reproduces the exact path."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from .loading import LoadedModel, cache_kwarg, output_cache
+
+if TYPE_CHECKING:  # diffusion.py imports this module
+    from .diffusion import LogitsFn, StaticPass
 
 
 def _keep(cache, index: torch.Tensor | slice) -> None:
@@ -18,13 +22,18 @@ def _keep(cache, index: torch.Tensor | slice) -> None:
         layer.keys, layer.values = layer.keys[:, :, index], layer.values[:, :, index]
 
 
+def _block(hole: torch.Tensor) -> tuple[int, int]:
+    """Columns b0..b1 that a block pass runs: the hole columns of every row, and the one before them."""
+    cols = hole.any(0).nonzero().flatten()
+    return max(int(cols[0]) - 1, 0), int(cols[-1]) + 1
+
+
 def dual_cache_logits(lm: LoadedModel, valid: torch.Tensor, hole: torch.Tensor, banned: list[int],
-                      refresh_every: int):
+                      refresh_every: int) -> LogitsFn:
     """A LogitsFn (see diffusion.py) for the sequences whose initial masks are `hole` [B, T]."""
     vocab = len(lm.tokenizer)
     batch, width = valid.shape
-    cols = hole.any(0).nonzero().flatten()
-    b0, b1 = max(int(cols[0]) - 1, 0), int(cols[-1]) + 1
+    b0, b1 = _block(hole)
     keep = torch.cat([torch.arange(0, b0), torch.arange(b1, width)]).to(valid.device)
     positions = torch.arange(width, device=valid.device).expand(batch, -1)
     full_mask = valid[:, None, None, :].expand(-1, 1, width, -1)
@@ -51,5 +60,50 @@ def dual_cache_logits(lm: LoadedModel, valid: torch.Tensor, hole: torch.Tensor, 
             logits = out.logits[..., :vocab].float()
             logits[..., banned] = -math.inf
         return logits
+
+    return fn
+
+
+def static_dual_cache_logits(lm: LoadedModel, static: StaticPass, valid: torch.Tensor, hole: torch.Tensor,
+                             banned: list[int], refresh_every: int) -> LogitsFn:
+    """dual_cache_logits on the static path: a refresh and a block pass are one replayed graph each.
+
+    The K/V of every column live in one buffer of the batch's width (kept on `static`, so graphs that
+    hold its address stay valid across requests). A refresh writes every slot; a block pass writes its
+    own columns' fresh keys into their slots before attending, so it sees the refresh's prefix/suffix
+    keys and its own current ones, as the eager version does; the next block pass or refresh
+    overwrites those slots before reading them. On a GPU a block pass's kernels are small (its few
+    query rows against the cached width) and leave most of the SMs to Qwen's decode stream."""
+    vocab = len(lm.tokenizer)
+    batch, width = valid.shape
+    b0, b1 = _block(hole)
+    cache = static.cache(batch, width)
+    block_slots = torch.arange(b0, b1, device=valid.device)
+    state = {"calls": 0}
+
+    def logits(x: torch.Tensor, valid_: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor,
+               banned_ids: torch.Tensor) -> tuple[torch.Tensor]:
+        # each query sees the valid keys and its own slot: a pad query's softmax is never empty
+        mask = valid_[:, None, None, :] | (torch.arange(width, device=x.device) == slots[:, None])
+        positions = slots.expand(x.size(0), -1)
+        out = static.net.forward(x, positions, mask, cache, write_at=slots, rows=rows)  # type: ignore[attr-defined]
+        return (out[..., :vocab].float().index_fill_(-1, banned_ids, -math.inf),)
+
+    def make_full():
+        banned_ids = torch.tensor(banned, device=valid.device)  # made here: no host copy inside a capture
+        return lambda x, valid_, rows: logits(x, valid_, torch.arange(width, device=x.device), rows, banned_ids)
+
+    def make_block():
+        banned_ids = torch.tensor(banned, device=valid.device)
+        return lambda x, valid_, slots, rows: logits(x, valid_, slots, rows, banned_ids)
+
+    def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        refresh = state["calls"] % refresh_every == 0
+        state["calls"] += 1
+        with torch.inference_mode():
+            if refresh:
+                return static.graphs.run("dllm_full", make_full, [x, valid, rows])[0]
+            # the block's columns are an input, not part of the graph: one graph per block width
+            return static.graphs.run("dllm_block", make_block, [x[:, b0:b1], valid, block_slots, rows - b0])[0]
 
     return fn
