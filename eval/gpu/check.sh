@@ -20,7 +20,7 @@ $PY -c "import torch, transformers; print('torch', torch.__version__, 'transform
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 M=${MODELS:-/tmp/fim-random-$CONFIG}; D=${DATA:-.gpu/data}
 BENCH="$PY -m fim_lsp.bench --random-config $CONFIG --models-dir $M --data-dir $D --device $DEVICE"
-STEPS=${STEPS:-server sequential decode eager dualcache}
+STEPS=${STEPS:-server dualcache sequential decode eager}
 step() {  # name, command...: full log under $OUT, the tables (stdout) here
   local name=$1; shift
   case " $STEPS " in *" $name "*) ;; *) return ;; esac
@@ -29,8 +29,9 @@ step() {  # name, command...: full log under $OUT, the tables (stdout) here
   echo "=== $name: exit $rc, $((SECONDS - t)) s"; cat "$OUT/$name.out"; [ $rc = 0 ] || tail -25 "$OUT/$name.err"
 }
 step server $BENCH --variants server --samples "$SAMPLES" --repeats "$REPEATS" --json "$OUT/server.json"
+# the same requests with DualCache's block passes (graphed): the one open choice, so right after the server
+step dualcache $BENCH --variants server --dllm-cache-refresh 8 --samples "$SAMPLES" --repeats "$REPEATS" --json "$OUT/dualcache.json"
 step sequential $BENCH --variants server --overlap off --samples "$SAMPLES" --repeats 1 --json "$OUT/sequential.json"
 step decode timeout 300 $PY -m fim_lsp.bench.decode --random-config $CONFIG --models-dir $M --data-dir $D \
   --device $DEVICE --tokens 128 --repeats 3
 step eager $BENCH --variants server --compile off --context-tokens 256 --samples 4 --repeats 1 --json "$OUT/eager.json"
-step dualcache $BENCH --variants server --dllm-cache-refresh 8 --samples 4 --repeats 1 --json "$OUT/dualcache.json"
