@@ -210,7 +210,12 @@ def test_static_dual_cache_infill_equals_the_eager_dual_cache(tiny_models):
         assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
         assert max(g.forward_passes for g in graphed) == 6
         assert keys == ["dllm_full"] + ["dllm_block"] * 5
-        assert len(static.graphs) == 2 and list(static.caches) == [(2, 64)]  # one K/V buffer, bucketed width
+        assert len(static.graphs) == 2 and list(static.caches) == [2]  # one K/V buffer per batch size
+    # a wider batch: views of the same buffer at the next 64-token width, two graphs of its own
+    wide = [("def f(a):\n    return ", "\n" + "y = f(1)\n" * 20, 6), ("x = ", "\n", 3)]
+    graphed = diffusion_infill(dllm, mid, wide, params, static=static)
+    assert [g.token_ids for g in graphed] == [g.token_ids for g in diffusion_infill(dllm, mid, wide, params)]
+    assert len(static.graphs) == 4 and list(static.caches) == [2]
 
 
 def test_greedy_nucleus_without_sort_matches_the_sorted_filter():

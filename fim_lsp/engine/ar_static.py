@@ -3,8 +3,7 @@ replayed as CUDA graphs (torch.compile'd on CPU), sampling on the device, and on
 per token: the stop check. At temperature 0 it emits the eager path's tokens (tests/test_static_path.py).
 
 Shapes are bucketed so graphs replay across requests: the prompt width to a multiple of 64 (more left
-padding), the cache to at least 2048 slots (an editor's context and budget fit; longer requests get
-a larger power of two)."""
+padding), the cache by `cache_length`."""
 from __future__ import annotations
 
 import time
@@ -18,19 +17,9 @@ from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation, Score
 from .sampling import sample_with_noise
 from .scorer import score_from_logprobs
-from .static_model import KVCache, StaticQwen2
+from .static_model import KVCache, StaticQwen2, cache_length
 
 WIDTH_STEP = 64
-MIN_CACHE = 2048
-
-
-def cache_length(needed: int) -> int:
-    length = MIN_CACHE
-    while length < needed:
-        length *= 2
-    return length
-
-
 class StaticGenerator:
     def __init__(self, lm: LoadedModel, decode_compile: str | None = None) -> None:
         tok = lm.tokenizer

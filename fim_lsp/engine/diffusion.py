@@ -17,7 +17,7 @@ from .graphs import GraphCache, bucket
 from .loading import LoadedModel, decode_whole, encode, special_id
 from .results import CancelCheck, Cancelled, Generation
 from .sampling import sample_tokens
-from .static_model import KVCache
+from .static_model import KVCache, cache_length
 
 # logits_fn(x, rows) -> the model's unshifted output logits [B, len(rows), V] at sequence rows `rows`
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -163,13 +163,16 @@ class StaticPass:
     net: object  # static_model.StaticQwen2
     graphs: GraphCache
     width_step: int = 64  # batch widths are padded to a multiple of this, so graphs replay across requests
-    # DualCache K/V per (batch, width), made outside any capture and kept: the graphs hold their addresses
-    caches: dict[tuple[int, int], KVCache] = field(default_factory=dict)
+    # DualCache K/V: one buffer per batch size, made outside any capture (graphs hold its address), and a
+    # view of its first `width` slots per request. A wider request gets a larger buffer; graphs that
+    # captured views of the old one keep it alive through their closures.
+    caches: dict[int, KVCache] = field(default_factory=dict)
 
     def cache(self, batch: int, width: int) -> KVCache:
-        if (batch, width) not in self.caches:
-            self.caches[(batch, width)] = self.net.new_cache(batch, width)  # type: ignore[attr-defined]
-        return self.caches[(batch, width)]
+        whole = self.caches.get(batch)
+        if whole is None or whole.length < width:
+            whole = self.caches[batch] = self.net.new_cache(batch, cache_length(width))  # type: ignore[attr-defined]
+        return KVCache([k[:, :, :width] for k in whole.keys], [v[:, :, :width] for v in whole.values])
 
 
 def static_bidirectional_logits(lm: LoadedModel, static: StaticPass, valid: torch.Tensor, banned: list[int]) -> LogitsFn:

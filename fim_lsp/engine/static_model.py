@@ -25,6 +25,18 @@ class KVCache:
         return self.keys[0].size(2)
 
 
+MIN_CACHE = 2048
+
+
+def cache_length(needed: int) -> int:
+    """KV slots for `needed` tokens: at least 2048 (an editor's context and budget fit), else the next
+    power of two, so a cache allocated once serves the following requests."""
+    length = MIN_CACHE
+    while length < needed:
+        length *= 2
+    return length
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.size(-1) // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
