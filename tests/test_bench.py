@@ -146,6 +146,22 @@ def test_compiled_engine_takes_the_engines_counts(tiny_models: Path) -> None:
     assert not summary.hooked and summary.stages["score"].forward_passes is None
 
 
+def test_side_scoring_is_reported_inside_the_diffusion_stage(tiny_models: Path) -> None:
+    """With the diffusion stage beside Qwen (overlap on: a second thread, here on CPU), its candidates are
+    scored in its own stage: the bench says so and the score stage counts only what is left."""
+    cfg = EngineConfig(ar_model=str(tiny_models / "ar"), dllm_model=str(tiny_models / "dllm"), device="cpu",
+                       temperature=0.0, steps=4, max_new_tokens=3, compile="on", overlap="on")
+    engine = Engine(cfg)
+    engine.load()
+    s = measure(engine, FimRequest("def f(x):\n    return ", "\n", dllm_length=4), "server", 0, 0, 16, 4)
+    assert s.dllm_score_s is not None and 0 < s.dllm_score_s < s.stages["dllm"].seconds
+    assert s.stages["score"].out_tokens == s.stages["qwen"].out_tokens  # Qwen's candidate alone
+    rep = group_report(16, 4, {"server": [s]}, KINDS)
+    buf = io.StringIO()
+    print_group(rep, buf)
+    assert f"server: the diffusion candidates scored beside Qwen in {s.dllm_score_s:.3f} s" in buf.getvalue()
+
+
 # -- the server variant's configuration and request -------------------------------------------------
 
 def test_server_config_is_the_servers_own() -> None:

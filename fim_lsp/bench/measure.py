@@ -65,6 +65,8 @@ class Sample:
     single_line: bool = False  # the request's single-line flag
     qwen_budget: int | None = None  # the request's max_new_tokens (the server variant's simulated stop)
     qwen_prefill_s: float | None = None  # seconds of Qwen's prompt pass, when the engine reports it
+    # seconds the overlapped diffusion stage spent scoring its own candidates (part of its stage's time)
+    dllm_score_s: float | None = None
 
     @property
     def qwen_decode_ms_per_token(self) -> float | None:
@@ -243,8 +245,11 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
                 ps = [p for p in recorder.passes if p.role != "dllm"
                       and (p.t >= qwen_end if stage == "score" else p.t < qwen_end)]
             passes, positions = len(ps), sum(p.positions for p in ps)
-        # generators: the tokens they produced; scoring: the candidate tokens it scored
-        out_tokens = tokens[stage] if stage in tokens else sum(c.tokens for c in comp.candidates)
+        # generators: the tokens they produced; scoring: the candidate tokens it scored (when the diffusion
+        # stage scored its own beside Qwen, the others')
+        side = "dllm_score" in comp.timings
+        out_tokens = tokens[stage] if stage in tokens else sum(
+            c.tokens for c in comp.candidates if not (side and c.model == "dllm"))
         stages[stage] = StageSample(seconds=comp.timings[stage], forward_passes=passes, positions=positions,
                                     out_tokens=out_tokens, peak_mb=_mb(sampler.max_between(lo, hi), base))
     several = sum(c.model == "dllm" for c in comp.candidates) > 1
@@ -258,4 +263,4 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
                   total_peak_mb=_mb(total_peak, base), abs_peak_mb=_mb(total_peak, 0), reported_passes=reported,
                   texts=texts, token_ids=token_ids, winner=comp.winner.model if comp.winner else None,
                   hooked=hooked, single_line=request.single_line, qwen_budget=request.max_new_tokens,
-                  qwen_prefill_s=comp.timings.get("qwen_prefill"))
+                  qwen_prefill_s=comp.timings.get("qwen_prefill"), dllm_score_s=comp.timings.get("dllm_score"))

@@ -75,6 +75,9 @@ def print_group(rep: GroupReport, out: TextIO | None = None) -> None:
         if s.qwen_decode_ms_per_token_p50 is not None:
             w(f"{name}: Qwen decode {_f(s.qwen_decode_ms_per_token_p50, 2)} ms/token (p50; its time after the "
               f"prompt pass over its forward passes after the first)\n")
+        if s.dllm_score_p50_s is not None:
+            w(f"{name}: the diffusion candidates scored beside Qwen in {_f(s.dllm_score_p50_s)} s (p50; inside the "
+              f"dllm stage; the score stage scores the rest after Qwen's last token)\n")
     if not all(s.hooked for s in rep.summaries.values()):
         w("  compiled engine: forward passes are the engine's own counts (scoring's unknown), positions unknown: "
           "hooks would force recompiles and never fire inside a CUDA graph replay\n")

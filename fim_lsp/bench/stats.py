@@ -59,6 +59,7 @@ class VariantSummary:
     abs_peak_mb: float | None
     engine_passes: dict[str, float]  # mean of the engine's own Candidate.forward_passes
     qwen_decode_ms_per_token_p50: float | None = None  # when the engine reports Qwen's prefill time
+    dllm_score_p50_s: float | None = None  # the diffusion candidates scored beside Qwen (overlap)
     hooked: bool = True  # every sample's forward passes were counted by hooks
 
 
@@ -84,6 +85,7 @@ def summarize(samples: list[Sample]) -> VariantSummary:
         engine_passes={m: _mean([s.reported_passes[m] for s in samples if m in s.reported_passes]) for m in models},
         qwen_decode_ms_per_token_p50=percentile(
             [d for d in (s.qwen_decode_ms_per_token for s in samples) if d is not None], 0.5),
+        dllm_score_p50_s=percentile([s.dllm_score_s for s in samples if s.dllm_score_s is not None], 0.5),
         hooked=all(s.hooked for s in samples))
 
 
