@@ -18,7 +18,7 @@ from fim_lsp.engine.diffusion import StaticPass, bidirectional_logits
 from fim_lsp.engine.dual_cache import dual_cache_logits, static_dual_cache_logits
 from fim_lsp.engine.graphs import GraphCache, bucket
 from fim_lsp.engine.loading import LoadedModel, encode, load_model, mask_token_id
-from fim_lsp.engine.static_model import StaticQwen2
+from fim_lsp.engine.static_model import MIN_CACHE, StaticQwen2
 from fim_lsp.tiny import build_model
 
 ATOL = 1e-4
@@ -140,3 +140,26 @@ def test_static_dual_cache_equals_the_eager_one_at_every_call(two_layers):
 def test_static_one_layer_block_pass_equals_the_full_pass_at_every_step(one_layer):
     _, to_full = compare_static(one_layer, [0, 1, 2, 3, 4, 5, 6], REFRESH)
     assert max(to_full) < 1e-5, to_full
+
+
+def test_a_grown_buffer_never_pairs_an_old_refresh_graph_with_a_new_block_graph(two_layers):
+    """A request wider than the K/V buffer gets a larger one. A later narrow request must not replay the
+    refresh graph captured on the old buffer and then capture its block graph on the new one: the block
+    pass would read keys the refresh never wrote (here, the wide request's)."""
+    x, valid, mid = batch(two_layers)
+    width, rows = bucket(x.size(1), 64), window_rows(x, mid)
+    static = StaticPass(StaticQwen2(two_layers.model), GraphCache(torch.device("cpu")))
+    # a refresh alone at this width: its graph is captured, no block graph yet
+    static_dual_cache_logits(two_layers, static, padded(valid, width), padded(x, width) == mid, [mid], REFRESH)(
+        padded(x, width), rows)
+    wide = torch.full((2, MIN_CACHE + 64), 100)
+    wide[:, 10:14] = mid
+    static_dual_cache_logits(two_layers, static, torch.ones_like(wide, dtype=torch.bool), wide == mid, [mid],
+                             REFRESH)(wide, torch.arange(9, 13))
+    assert static.buffers == 2
+    mine = static_dual_cache_logits(two_layers, static, padded(valid, width), padded(x, width) == mid, [mid], REFRESH)
+    eager = dual_cache_logits(two_layers, valid, x == mid, [mid], REFRESH)
+    for xs in steps(x, mid, [0, 1]):  # a refresh, then a block pass
+        a, e = mine(padded(xs, width), rows), eager(xs, rows)
+        ok = torch.isfinite(e)
+        assert float((a - e)[ok].abs().max()) < 1e-5

@@ -209,7 +209,7 @@ def test_static_dual_cache_infill_equals_the_eager_dual_cache(tiny_models):
         graphed = diffusion_infill(dllm, mid, reqs, params, static=static)
         assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
         assert max(g.forward_passes for g in graphed) == 6
-        assert keys == ["dllm_full"] + ["dllm_block"] * 5
+        assert keys == [("dllm_full", 0)] + [("dllm_block", 0)] * 5
         assert len(static.graphs) == 2 and list(static.caches) == [2]  # one K/V buffer per batch size
     # a wider batch: views of the same buffer at the next 64-token width, two graphs of its own
     wide = [("def f(a):\n    return ", "\n" + "y = f(1)\n" * 20, 6), ("x = ", "\n", 3)]

@@ -166,13 +166,18 @@ class StaticPass:
     # DualCache K/V: one buffer per batch size, made outside any capture (graphs hold its address), and a
     # view of its first `width` slots per request. A wider request gets a larger buffer; graphs that
     # captured views of the old one keep it alive through their closures.
-    caches: dict[int, KVCache] = field(default_factory=dict)
+    caches: dict[int, tuple[int, KVCache]] = field(default_factory=dict)
+    buffers: int = 0
 
-    def cache(self, batch: int, width: int) -> KVCache:
-        whole = self.caches.get(batch)
+    def cache(self, batch: int, width: int) -> tuple[int, KVCache]:
+        """(the buffer's number, a view of its first `width` slots). Graph keys carry the number, so a
+        request's refresh graph and block graph never hold different buffers."""
+        number, whole = self.caches.get(batch, (-1, None))
         if whole is None or whole.length < width:
-            whole = self.caches[batch] = self.net.new_cache(batch, cache_length(width))  # type: ignore[attr-defined]
-        return KVCache([k[:, :, :width] for k in whole.keys], [v[:, :, :width] for v in whole.values])
+            number, self.buffers = self.buffers, self.buffers + 1
+            whole = self.net.new_cache(batch, cache_length(width))  # type: ignore[attr-defined]
+            self.caches[batch] = (number, whole)
+        return number, KVCache([k[:, :, :width] for k in whole.keys], [v[:, :, :width] for v in whole.values])
 
 
 def static_bidirectional_logits(lm: LoadedModel, static: StaticPass, valid: torch.Tensor, banned: list[int]) -> LogitsFn:

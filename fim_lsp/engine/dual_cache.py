@@ -77,7 +77,7 @@ def static_dual_cache_logits(lm: LoadedModel, static: StaticPass, valid: torch.T
     vocab = len(lm.tokenizer)
     batch, width = valid.shape
     b0, b1 = _block(hole)
-    cache = static.cache(batch, width)
+    buffer, cache = static.cache(batch, width)
     block_slots = torch.arange(b0, b1, device=valid.device)
     state = {"calls": 0}
 
@@ -102,8 +102,9 @@ def static_dual_cache_logits(lm: LoadedModel, static: StaticPass, valid: torch.T
         state["calls"] += 1
         with torch.inference_mode():
             if refresh:
-                return static.graphs.run("dllm_full", make_full, [x, valid, rows])[0]
+                return static.graphs.run(("dllm_full", buffer), make_full, [x, valid, rows])[0]
             # the block's columns are an input, not part of the graph: one graph per block width
-            return static.graphs.run("dllm_block", make_block, [x[:, b0:b1], valid, block_slots, rows - b0])[0]
+            return static.graphs.run(("dllm_block", buffer), make_block,
+                                     [x[:, b0:b1], valid, block_slots, rows - b0])[0]
 
     return fn
