@@ -79,3 +79,19 @@ def test_qwen_failing_before_its_prompt_does_not_stall_the_side_worker(engine, m
     worker.join(timeout=120)
     assert done, "the next request never finished: the side worker still waits for a prompt"
     assert all(c.perplexity < float("inf") for comp in done[0] for c in comp.candidates)
+
+
+def test_the_editor_profile_on_the_static_path_equals_the_eager_engine(tiny_models):
+    """The server's profile (on CPU: DualCache refreshed every 8 steps, threshold, fewer steps) with the
+    static path, its DualCache graphs, warm-up and the side stage, against the eager engine at T=0."""
+    cfg = EngineConfig(ar_model=str(tiny_models / "ar"), dllm_model=str(tiny_models / "dllm"), device="cpu",
+                       temperature=0.0, max_new_tokens=6, profile="editor", compile="on", overlap="on")
+    static, eager = Engine(cfg), Engine(cfg.replace(compile="off", overlap="off"))
+    static.load()
+    eager.load()
+    for a, b in zip(static.complete_batch(REQUESTS), eager.complete_batch(REQUESTS)):
+        assert "dllm_score" in a.timings
+        assert [(c.model, c.text) for c in a.candidates] == [(c.model, c.text) for c in b.candidates]
+        assert [c.perplexity for c in a.candidates] == pytest.approx([c.perplexity for c in b.candidates], rel=1e-5)
+    keys = {key[0][0] for key in static.static_dllm.graphs._fns}
+    assert keys == {"dllm_full", "dllm_block"}  # DualCache replayed, no full pass at every step
