@@ -78,33 +78,28 @@ def static_dual_cache_logits(lm: LoadedModel, static: StaticPass, valid: torch.T
     batch, width = valid.shape
     b0, b1 = _block(hole)
     buffer, cache = static.cache(batch, width)
+    all_slots = torch.arange(width, device=valid.device)
     block_slots = torch.arange(b0, b1, device=valid.device)
     state = {"calls": 0}
 
-    def logits(x: torch.Tensor, valid_: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor,
-               banned_ids: torch.Tensor) -> tuple[torch.Tensor]:
-        # each query sees the valid keys and its own slot: a pad query's softmax is never empty
-        mask = valid_[:, None, None, :] | (torch.arange(width, device=x.device) == slots[:, None])
-        positions = slots.expand(x.size(0), -1)
-        out = static.net.forward(x, positions, mask, cache, write_at=slots, rows=rows)  # type: ignore[attr-defined]
-        return (out[..., :vocab].float().index_fill_(-1, banned_ids, -math.inf),)
-
-    def make_full():
+    def make():
         banned_ids = torch.tensor(banned, device=valid.device)  # made here: no host copy inside a capture
-        return lambda x, valid_, rows: logits(x, valid_, torch.arange(width, device=x.device), rows, banned_ids)
 
-    def make_block():
-        banned_ids = torch.tensor(banned, device=valid.device)
-        return lambda x, valid_, slots, rows: logits(x, valid_, slots, rows, banned_ids)
+        def logits(x: torch.Tensor, valid_: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor]:
+            # each query sees the valid keys and its own slot: a pad query's softmax is never empty
+            mask = valid_[:, None, None, :] | (torch.arange(width, device=x.device) == slots[:, None])
+            positions = slots.expand(x.size(0), -1)
+            out = static.net.forward(x, positions, mask, cache, write_at=slots, rows=rows)  # type: ignore[attr-defined]
+            return (out[..., :vocab].float().index_fill_(-1, banned_ids, -math.inf),)
+        return logits
 
     def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         refresh = state["calls"] % refresh_every == 0
         state["calls"] += 1
         with torch.inference_mode():
             if refresh:
-                return static.graphs.run(("dllm_full", buffer), make_full, [x, valid, rows])[0]
+                return static.graphs.run(("dllm_full", buffer), make, [x, valid, all_slots, rows])[0]
             # the block's columns are an input, not part of the graph: one graph per block width
-            return static.graphs.run(("dllm_block", buffer), make_block,
-                                     [x[:, b0:b1], valid, block_slots, rows - b0])[0]
+            return static.graphs.run(("dllm_block", buffer), make, [x[:, b0:b1], valid, block_slots, rows - b0])[0]
 
     return fn

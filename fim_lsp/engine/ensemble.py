@@ -242,7 +242,7 @@ class Engine:
         math as the scoring stage's), so scoring after Qwen's last token is left with Qwen's own."""
         outs = self._run_dllm(requests, cfg, cancel)
         prompt = handoff.get() if handoff is not None else None
-        if prompt is None or not isinstance(prompt.cache, KVCache) or self.static_ar is None:
+        if prompt is None:  # the stage runs only on the static path: the prompt is static_ar's
             return outs, None, None
         start = time.perf_counter()
         scores = self.static_ar.score(prompt, [(i, out.text) for i, out in outs])
