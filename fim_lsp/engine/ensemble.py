@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -22,6 +21,7 @@ from .graphs import GraphCache, use_compile_cache
 from .line_stop import LineStop
 from .loading import LoadedModel, ModelLoadError, encode, load_model, mask_token_id, resolve_device, resolve_dtype
 from .overlap import PromptHandoff, SideStage
+from .requests import FimRequest
 from .results import CancelCheck, Cancelled, Candidate, Completion, Generation, Score
 from .scorer import ScoreItem, score_batch, score_from_logprobs, score_on_prompt
 from .static_model import KVCache, StaticQwen2
@@ -35,17 +35,6 @@ WARMUP_TOKENS = {"cuda": tuple(range(61, 1280 + 64, 64)), "cpu": (256,)}
 
 class OutOfMemory(RuntimeError):
     """The device ran out of memory; the message names the fixes."""
-
-
-@dataclass
-class FimRequest:
-    prefix: str
-    suffix: str
-    dllm_length: int | None = None  # overrides the config (the eval passes the oracle length)
-    # the server's mid-line mode: Qwen stops at the first newline after non-blank text, and the
-    # diffusion model tries dllm_lengths_single_line
-    single_line: bool = False
-    max_new_tokens: int | None = None  # overrides the config's budget for this request
 
 
 class Engine:
