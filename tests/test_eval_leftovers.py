@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -49,12 +50,20 @@ def deep_tree(top: Path, depth: int) -> None:
     os.close(fd)
 
 
-def test_a_deep_tree_with_odd_entries_is_removed(tmp_path: Path) -> None:
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """A place for deep trees that never outlives the test, whatever happens in it: pytest's own
+    clean-up of old temp dirs (shutil.rmtree) would fail on one at every later session."""
+    yield tmp_path / "t"
+    subprocess.run(["rm", "-rf", str(tmp_path / "t")], check=False)
+
+
+def test_a_deep_tree_with_odd_entries_is_removed(scratch: Path) -> None:
     """shutil.rmtree recursed (RecursionError past ~1000 levels, which its ignore_errors does not catch)."""
-    deep_tree(tmp_path / "t", 3000)
-    assert remove_tree(tmp_path / "t") is True
-    assert not (tmp_path / "t").exists()
-    assert remove_tree(tmp_path / "t") is True  # already gone: nothing to do, no error
+    deep_tree(scratch, 3000)
+    assert remove_tree(scratch) is True
+    assert not scratch.exists()
+    assert remove_tree(scratch) is True  # already gone: nothing to do, no error
 
 
 SCORE_AS = """
@@ -100,9 +109,12 @@ def test_the_next_eval_clears_a_deep_leftover_without_failing() -> None:
     block = sandbox._uid_block()
     root = sandbox._work_root(block)
     root.mkdir(parents=True, exist_ok=True)
-    deep_tree(root / "fim-eval-left", 2000)
-    sandbox._clear_blocks([block])
-    assert not (root / "fim-eval-left").exists()
+    try:
+        deep_tree(root / "fim-eval-left", 2000)
+        sandbox._clear_blocks([block])
+        assert not (root / "fim-eval-left").exists()
+    finally:  # never leave it for another eval (older versions failed on it)
+        subprocess.run(["rm", "-rf", str(root / "fim-eval-left")], check=False)
 
 
 KILLED = """
