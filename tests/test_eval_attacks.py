@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -322,11 +323,27 @@ print(s.run_program(py, {"prog.py": "import ctypes; l = ctypes.CDLL(None, use_er
                     reason="needs root to become an ordinary user (setpriv) and a system python3")
 def test_rlimits_mode_as_an_ordinary_user() -> None:
     """The not-root mode, run as `nobody`: the nonce rule and the user-namespace filter hold there too
-    (the eval's package needs only the standard library for this part)."""
-    r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3",
-                        "-c", AS_NOBODY], cwd="/", env={"PYTHONPATH": str(ROOT), "HOME": "/", "PATH": os.environ["PATH"]},
-                       capture_output=True, text=True, timeout=60)
+    (the eval's package needs only the standard library for this part). The package is copied to a
+    world-readable temp dir: the checkout may sit where `nobody` cannot read (a clone under /root)."""
+    copy = Path(tempfile.mkdtemp(prefix="fim-eval-nobody-"))
+    try:
+        shutil.copytree(ROOT / "fim_lsp", copy / "fim_lsp", ignore=shutil.ignore_patterns("__pycache__"))
+        for p in [copy, *copy.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3",
+                            "-c", AS_NOBODY], cwd="/", env={"PYTHONPATH": str(copy), "HOME": "/", "PATH": os.environ["PATH"]},
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(copy)
     assert r.stdout.split("\n")[:4] == ["rlimits", "passed", "exited early", "-1 1"], r.stdout + r.stderr
+
+
+def test_a_marker_that_matches_the_nonce_only_in_its_first_bytes_is_not_a_pass() -> None:
+    nonce = b"0123456789abcdef0123456789abcdef"
+    for written in (nonce[:16], nonce[:-1], nonce + b"0", nonce[:16] + b"X" * 16):
+        r = run_program(PY, {"prog.py": f"import os; os.write(3, {written!r})"}, expect=nonce)
+        assert r.status == "exited early", (written, r)
+    assert run_program(PY, {"prog.py": f"import os; os.write(3, {nonce!r})"}, expect=nonce).status == "passed"
 
 
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="../shared/data is not present")
@@ -342,5 +359,26 @@ def test_early_exit_in_js_and_java_is_not_a_pass(language: str, exit_call: str) 
     task = next(t for t in tasks if santacoder_first_body_line(t.raw) and "prime_fib" not in t.raw["name"])
     pool = SlotPool(1)
     j = judge(task, exit_call + task.middle, pool)  # an exit, then the right line: the tests never end
+    assert j.passed is False and j.status == "exited early", j
+    assert judge(task, task.middle, pool).passed
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data").is_dir(), reason="../shared/data is not present")
+def test_java_tests_moved_out_of_problem_are_not_a_pass() -> None:
+    """The completion closes its method, defines an empty Problem.main, closes class Problem and opens a
+    subclass, so the tests' main() lands there and never runs. The end marker sits in the tests' own
+    main(), so it moves with them."""
+    from fim_lsp.eval.data import SANTACODER, load_tasks
+    from fim_lsp.eval.judge import tool_missing
+
+    if tool_missing("java"):
+        pytest.skip(tool_missing("java"))
+    tasks = load_tasks(SANTACODER, ROOT.parent / "shared" / "data", ["java"])
+    # a hole on the method's last line: only the closing braces follow it
+    task = next(t for t in tasks if "".join(t.raw["suffix"].split()) == "}}" and "prime_fib" not in t.raw["name"])
+    cheat = (task.middle + "\n    }\n    public static void main(String[] a) {}\n}\n"
+             "class Moved extends Problem {\n    static void unused() {")
+    pool = SlotPool(1)
+    j = judge(task, cheat, pool)
     assert j.passed is False and j.status == "exited early", j
     assert judge(task, task.middle, pool).passed

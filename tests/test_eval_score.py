@@ -2,6 +2,8 @@
 interrupts and kills, resume, and a headline that counts tasks."""
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import signal
@@ -123,3 +125,69 @@ def test_resume_refuses_another_predictions_file(tasks: list, tmp_path: Path) ->
     with pytest.raises(SystemExit, match="other settings.*predictions_sha256"):
         main(score(b, tmp_path / "out")[3:])
     assert os.path.getsize(tmp_path / "out" / "results.jsonl") > 0
+
+
+def test_resume_from_a_pipe_refuses_other_bytes(tasks: list, tmp_path: Path) -> None:
+    """`cat file | score --predictions /dev/stdin`: the hash is of the bytes judged, not of the drained pipe."""
+    good, wrong = line(tasks[0].task_id, tasks[0].middle), line(tasks[0].task_id, "    return None\n")
+    out = tmp_path / "out"
+    r = subprocess.run(score(Path("/dev/stdin"), out), input=good, cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode == 0 and b"pass@1 100.00%" in r.stdout, r.stdout + r.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["predictions_sha256"] == hashlib.sha256(good).hexdigest()
+    r = subprocess.run(score(Path("/dev/stdin"), out), input=wrong, cwd=ROOT, capture_output=True, timeout=120)
+    assert r.returncode != 0 and b"other settings (predictions_sha256" in r.stderr, r.stdout + r.stderr
+    r = subprocess.run(score(Path("/dev/stdin"), tmp_path / "fresh"), input=wrong, cwd=ROOT, capture_output=True,
+                       timeout=120)
+    assert b"pass@1 0.00%" in r.stdout  # the wrong file alone
+
+
+def test_resume_refuses_changed_benchmark_data(tasks: list, tmp_path: Path) -> None:
+    """The same predictions against a data dir whose test was changed to fail is another run."""
+    name = "HumanEval-SingleLineInfilling.jsonl.gz"
+    changed = tmp_path / "data" / "human-eval-infilling"
+    changed.mkdir(parents=True)
+    rows = [json.loads(x) for x in gzip.open(DATA / "human-eval-infilling" / name, "rt")]
+    rows[0]["test"] += "\n    assert False\n"
+    with gzip.open(changed / name, "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    preds = tmp_path / "p.jsonl"
+    preds.write_bytes(line(tasks[0].task_id, tasks[0].middle))
+    assert main(score(preds, tmp_path / "out")[3:]) == 0
+    args = score(preds, tmp_path / "out")[3:]
+    args[args.index("--data-dir") + 1] = str(tmp_path / "data")
+    with pytest.raises(SystemExit, match="other settings.*data_sha256"):
+        main(args)
+
+
+def test_workers_beyond_the_uid_slots_are_refused(tmp_path: Path) -> None:
+    preds = tmp_path / "p.jsonl"
+    preds.write_bytes(b"")
+    r = subprocess.run(score(preds, tmp_path / "out", "--workers", "65"), cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "--workers: 65: between 1 and 64" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_passed_field_that_is_not_a_boolean_is_not_compared(tasks: list, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    preds = tmp_path / "p.jsonl"
+    preds.write_bytes(line(tasks[0].task_id, "    return None\n", passed="false")
+                      + line(tasks[1].task_id, tasks[1].middle, passed=True))
+    assert main(score(preds, tmp_path / "out")[3:]) == 0
+    stdout = capsys.readouterr().out
+    assert 'ignored line 1: `passed` is "false", not true or false' in stdout
+    assert "file's own `passed`: 1/1; disagreements with this judge: 0" in stdout, stdout
+
+
+def test_a_torn_last_line_is_never_a_judged_task(tasks: list, tmp_path: Path) -> None:
+    """A complete record without its newline (killed between the two writes) is judged again."""
+    preds = tmp_path / "p.jsonl"
+    preds.write_bytes(line(tasks[0].task_id, tasks[0].middle) + line(tasks[1].task_id, tasks[1].middle))
+    out = tmp_path / "out"
+    assert main(score(preds, out)[3:]) == 0
+    text = (out / "results.jsonl").read_text()
+    (out / "results.jsonl").write_text(text[:-1])  # the last record, whole but for its newline
+    r = subprocess.run(score(preds, out), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "1 judged now, 1 already judged" in r.stdout, r.stdout
+    assert sorted(x["task_id"] for x in results(out)) == sorted(t.task_id for t in tasks[:2])

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from .data import BENCHMARKS, LANGUAGES, SANTACODER, SANTACODER_LAYOUTS, DataUnavailable, Task, load_tasks
+from .identity import verdict_identity
 from .metrics import summarize
 from .report import headline, write_reports
 from .runner import Interrupted, run_jobs, sample_jobs, shard_tasks
-from .sandbox import isolation
+from .sandbox import SLOTS_PER_PROCESS, isolation
 from .store import RESULTS, check_run_info, finish_shard, merge, parse_shard, read_records, shard_name
 from .systems import CanonicalSystem, EnsembleSystem
 
@@ -22,13 +23,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder laid out like shared/data (offline); default: fetch the public copies")
     p.add_argument("--languages", default="py", help=f"SantaCoder languages, comma-separated ({','.join(LANGUAGES)})")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel sandboxed test runs")
+    p.add_argument("--workers", type=_workers, default=min(4, os.cpu_count() or 1),
+                   help=f"parallel sandboxed test runs (1 to {SLOTS_PER_PROCESS}: one worker uid each)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per test program (default: py 3, js 5, java 20: the JVM starts slowly)")
     p.add_argument("--no-exec", action="store_true", help="skip running tests (SantaCoder EM only)")
     p.add_argument("--santacoder-layout", choices=SANTACODER_LAYOUTS, default="file",
                    help="file: the hole where it sits in the original file; open-dllm: prefix=prompt+'\\n'")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= SLOTS_PER_PROCESS:
+        raise argparse.ArgumentTypeError(f"{n}: between 1 and {SLOTS_PER_PROCESS} (one worker uid each)")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,9 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.limit is not None:
             tasks = tasks[:args.limit]
         out = Path(args.out) / b
-        info = {**system.info(), "benchmark": b, "languages": _languages(args) if b == SANTACODER else ["py"],
+        languages = _languages(args) if b == SANTACODER else ["py"]
+        info = {**system.info(), "benchmark": b, "languages": languages,
                 "limit": args.limit, "samples": args.samples, "santacoder_layout": args.santacoder_layout,
-                "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation()}
+                "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation(),
+                **verdict_identity(tasks, languages, not args.no_exec)}
         check_run_info(out, info)
         path = out / shard_name(shard)
         counts = run_jobs(sample_jobs(shard_tasks(tasks, shard), args.samples), system, path,

@@ -2,7 +2,6 @@
 compute SantaCoder's exact-match rules. Every judgement names its rule."""
 from __future__ import annotations
 
-import re
 import secrets
 import shutil
 from dataclasses import asdict, dataclass
@@ -91,15 +90,19 @@ def with_end_marker(name: str, program: str, nonce: str) -> str:
         return program + f"\n__import__('os').write(3, b'{nonce}')\n"
     if name.endswith(".js"):
         return program + f"\nrequire('fs').writeSync(3, '{nonce}');\n"
-    # Java: the source launcher runs the file's first class, so a class placed before Problem runs its
-    # main() (the tests) and then writes the marker
-    runner = ("class FimEvalMain { public static void main(String[] a) throws Throwable { Problem.main(a); "
-              "try (var o = new java.io.FileOutputStream(\"/proc/self/fd/3\")) "
-              f"{{ o.write(\"{nonce}\".getBytes()); }} }} }}\n")
-    m = re.search(r"^(public\s+)?class\s+Problem\b", program, re.M)
-    if m is None:
-        raise ValueError("no class Problem in the Java program")
-    return program[:m.start()] + runner + program[m.start():]
+    # Java: the write goes at the end of the tests' own main() (the file's last method: its closing brace
+    # is the one before the class's). A completion that closes class Problem early, defines an empty
+    # Problem.main and so moves the tests into another class moves this write with them: never run.
+    end = program.rstrip()
+    if not end.endswith("}"):
+        raise ValueError("the Java program does not end with a closing brace")
+    at = end.rfind("}", 0, len(end) - 1)
+    if at < 0:
+        raise ValueError("no method closes before the end of the Java program")
+    write = (f"try (var fimEvalOut = new java.io.FileOutputStream(\"/proc/self/fd/3\")) "
+             f"{{ fimEvalOut.write(\"{nonce}\".getBytes()); }} "
+             "catch (java.io.IOException fimEvalErr) { throw new RuntimeException(fimEvalErr); }\n")
+    return program[:at] + write + program[at:]
 
 
 def tool_missing(language: str) -> str | None:

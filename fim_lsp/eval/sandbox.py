@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import queue
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from . import cgroups
+from .wipe import remove_tree
 
 # uids from here up run the programs (no passwd entry needed); below 100000, where subordinate uid
 # ranges usually start, and disjoint from 61000-65095, which older versions locked under TMPDIR
@@ -65,6 +65,7 @@ class Limits:
     file_mb: int = 16
     output_limit: int = 64 * 1024  # the last this many bytes of stdout and of stderr are kept
     group_memory_mb: int = 1024  # all processes of the task together (cgroup), swap included
+    work_mb: int = 64  # namespaces mode: the work dir is a tmpfs of this size (memory, in the cgroup)
 
 
 @dataclass
@@ -167,7 +168,8 @@ def _claim_block() -> int:
 
 
 def _clear_blocks(blocks: list[int]) -> None:
-    """Kill programs of these blocks that survived their eval, remove their cgroups and work dirs."""
+    """Kill programs of these blocks that survived their eval, remove their cgroups and work dirs.
+    Nothing left there stops this eval: a failure is a warning (wipe.py says what can fail)."""
     if os.geteuid() == 0:
         uids = {BASE_UID + b * SLOTS_PER_PROCESS + s for b in blocks for s in range(SLOTS_PER_PROCESS)}
         for _ in range(20):
@@ -178,10 +180,12 @@ def _clear_blocks(blocks: list[int]) -> None:
                 _kill(pid)
             time.sleep(0.05)
         for b in blocks:
-            cgroups.remove_block(b)
+            try:
+                cgroups.remove_block(b)
+            except OSError as err:
+                print(f"warning: cgroups of sandbox block {b} not removed: {err}", file=sys.stderr)
     for b in blocks:
-        if _work_root(b).exists():
-            shutil.rmtree(_work_root(b), ignore_errors=True)
+        remove_tree(_work_root(b))
 
 
 def _processes() -> list[tuple[int, int]]:
@@ -262,28 +266,39 @@ def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
     try:
         for name, text in files.items():
             (work / name).write_text(text, encoding="utf-8", errors="surrogatepass")
-        (work / "home").mkdir()
-        if uid is not None:
-            for p in [work, work / "home", *(work / n for n in files)]:
-                os.chown(p, uid, uid)
+        if mode != "namespaces":  # there the helper copies the files into the sandbox's own tmpfs
+            (work / "home").mkdir()
+            if uid is not None:
+                for p in [work, work / "home", *(work / n for n in files)]:
+                    os.chown(p, uid, uid)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": f"{inside}/home", "TMPDIR": f"{inside}/home",
                "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
         groups = cgroups.slot_groups(f"{_uid_block()}-{slot}", limits.group_memory_mb, limits.processes) \
             if uid is not None else []
         chan_r, chan_w = os.pipe()
+        # uid mode: the helper stays as a root monitor and kills the worker uid when this pipe closes,
+        # which a SIGKILL of this process does too
+        life_r, life_w = os.pipe() if mode == "uid" else (None, None)
         cfg = {"parent": os.getpid(), "namespaces": int(mode == "namespaces"), "work": work, "inside": inside,
                "uid": "" if uid is None else uid, "cgroups": ":".join(map(str, groups)), "channel": chan_w,
-               **_rlimits(limits)}
+               "lifeline": "" if life_r is None else life_r, "work_mb": limits.work_mb, **_rlimits(limits)}
         start = time.monotonic()
         try:
             proc = subprocess.Popen([*_jail(), *(f"{k}={v}" for k, v in cfg.items()), "--", *argv],
                                     cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, pass_fds=(chan_w,), start_new_session=True)
+                                    stderr=subprocess.PIPE, pass_fds=(chan_w, *([] if life_r is None else [life_r])),
+                                    start_new_session=True)
         finally:
             os.close(chan_w)
-        with os.fdopen(chan_r, "rb", buffering=0) as chan:
-            out, err, got, stop = _collect(proc, chan, limits, cancel,
-                                           lambda: _clean_up(proc, uid if mode == "uid" else None, groups))
+            if life_r is not None:
+                os.close(life_r)
+        try:
+            with os.fdopen(chan_r, "rb", buffering=0) as chan:
+                out, err, got, stop = _collect(proc, chan, limits, cancel,
+                                               lambda: _clean_up(proc, uid if mode == "uid" else None, groups))
+        finally:
+            if life_w is not None:
+                os.close(life_w)
         seconds = time.monotonic() - start
         rc = None if stop else proc.returncode
         if stop == "cancelled":
@@ -298,7 +313,7 @@ def _run_once(argv: list[str], files: dict[str, str], limits: Limits, slot: int,
             status = "passed" if expect is None or got[len(STARTED):] == expect else "exited early"
         return ExecResult(status, rc, seconds, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
 
 
 def _collect(proc: subprocess.Popen[bytes], chan: BinaryIO, limits: Limits, cancel: threading.Event | None,
@@ -366,6 +381,8 @@ class SlotPool:
     one task never starve another."""
 
     def __init__(self, n: int) -> None:
+        if not 1 <= n <= SLOTS_PER_PROCESS:
+            raise ValueError(f"{n} sandbox workers: between 1 and {SLOTS_PER_PROCESS}")
         self._q: queue.Queue[int] = queue.Queue()
         self._cancel = threading.Event()
         for i in range(n):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import SANTACODER, Task
+from .identity import verdict_identity
 from .metrics import summarize
 from .report import headline, write_reports
 from .runner import run_jobs
@@ -36,10 +37,12 @@ class Predictions:
     rows: list[Prediction]
     bad_lines: list[str]  # "line N: why"
     unknown_ids: list[str]
+    ignored_passed: list[str]  # "line N: why": a `passed` field that is not true/false, not compared
+    sha256: str  # of the very bytes parsed (a pipe can be read once only)
 
 
-def _parse_line(raw: bytes) -> tuple[str, str, bool | None]:
-    """(task_id, completion, passed) of one line, or ValueError saying what is wrong with it."""
+def _parse_line(raw: bytes) -> tuple[str, str, Any]:
+    """(task_id, completion, the raw `passed` field) of one line, or ValueError saying what is wrong."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -60,34 +63,37 @@ def _parse_line(raw: bytes) -> tuple[str, str, bool | None]:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"{name} holds a lone surrogate (not valid Unicode)") from None
-    passed = row.get("passed")
-    return str(tid), completion, None if passed is None else bool(passed)
+    return str(tid), completion, row.get("passed")
 
 
 def read_predictions(path: Path, tasks: list[Task], languages: list[str]) -> Predictions:
     """Match lines to tasks. SantaCoder ids may be bare indices among one language's rows (Open-dLLM's
-    files), which need exactly one --languages."""
+    files), which need exactly one --languages. The file is read once, and hashed from those bytes."""
+    with open(path, "rb") as fh:
+        data = fh.read()
     by_id = {t.task_id: t for t in tasks}
     seen: dict[str, int] = {}
-    out = Predictions([], [], [])
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                tid, completion, passed = _parse_line(raw)
-            except ValueError as err:
-                out.bad_lines.append(f"line {n}: {err}")
-                continue
-            if tid not in by_id and tasks and tasks[0].benchmark == SANTACODER and tid.isdigit():
-                if len(languages) != 1:
-                    raise SystemExit("bare numeric SantaCoder task ids need exactly one --languages")
-                tid = f"{languages[0]}/{tid}"
-            if tid not in by_id:
-                out.unknown_ids.append(tid)
-                continue
-            out.rows.append(Prediction(by_id[tid], seen.get(tid, 0), completion, passed))
-            seen[tid] = seen.get(tid, 0) + 1
+    out = Predictions([], [], [], [], hashlib.sha256(data).hexdigest())
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            tid, completion, passed = _parse_line(raw)
+        except ValueError as err:
+            out.bad_lines.append(f"line {n}: {err}")
+            continue
+        if tid not in by_id and tasks and tasks[0].benchmark == SANTACODER and tid.isdigit():
+            if len(languages) != 1:
+                raise SystemExit("bare numeric SantaCoder task ids need exactly one --languages")
+            tid = f"{languages[0]}/{tid}"
+        if tid not in by_id:
+            out.unknown_ids.append(tid)
+            continue
+        if passed is not None and not isinstance(passed, bool):
+            out.ignored_passed.append(f"line {n}: `passed` is {json.dumps(passed)[:40]}, not true or false")
+            passed = None
+        out.rows.append(Prediction(by_id[tid], seen.get(tid, 0), completion, passed))
+        seen[tid] = seen.get(tid, 0) + 1
     return out
 
 
@@ -114,14 +120,6 @@ class PredictionsSystem:
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def reference_agreement(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The file's own `passed` against this judge, record by record."""
     compared = [r for r in records if "reference_passed" in r]
@@ -143,13 +141,17 @@ def score_file(args: argparse.Namespace, tasks: list[Task]) -> int:
         print(f"skipped {line}")
     if len(preds.bad_lines) > SHOWN_PROBLEMS:
         print(f"skipped {len(preds.bad_lines) - SHOWN_PROBLEMS} more bad lines")
+    for line in preds.ignored_passed[:SHOWN_PROBLEMS]:
+        print(f"ignored {line}")
     if preds.unknown_ids:
         print(f"warning: {len(preds.unknown_ids)} task ids not in {args.benchmark} "
               f"(first: {ascii(preds.unknown_ids[:3])})")
     out = Path(args.out)
-    info = {"system": "predictions", "predictions": str(path), "predictions_sha256": _sha256(path),
+    used = languages if args.benchmark == SANTACODER else ["py"]
+    info = {"system": "predictions", "predictions": str(path), "predictions_sha256": preds.sha256,
             "benchmark": args.benchmark, "languages": languages, "santacoder_layout": args.santacoder_layout,
-            "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation()}
+            "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation(),
+            **verdict_identity(tasks, used, not args.no_exec)}
     check_run_info(out, info)
     jobs = [Job(p.task, p.sample) for p in preds.rows]
     counts = run_jobs(jobs, PredictionsSystem(preds.rows), out / RESULTS, workers=args.workers,
@@ -160,6 +162,7 @@ def score_file(args: argparse.Namespace, tasks: list[Task]) -> int:
     summary = summarize(records, args.benchmark)
     summary["missing_tasks"] = len(tasks) - summary["tasks"]
     summary["bad_lines"] = preds.bad_lines
+    summary["ignored_passed"] = preds.ignored_passed
     summary["unknown_task_ids"] = len(preds.unknown_ids)
     agreement = reference_agreement(records)
     if agreement:
