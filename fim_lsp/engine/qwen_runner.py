@@ -163,7 +163,12 @@ class QwenRunner:
         decode or score from. keep: row b's keys of the longest common token prefix with the prompt the
         row held before are kept (all but the last token at most: its logits are needed), and the pass
         runs over the new tokens only. `reserve`: slots to leave free after the longest prompt (the
-        decode budget). Runs on the caller's stream; `generate` calls it on the runner's."""
+        decode budget). Call it on the thread that runs requests (e.g. to prefill while the user is
+        idle): it rewrites the rows' cache."""
+        with self.on_stream(), torch.inference_mode():
+            return self._prefill(prompts, keep, reserve)
+
+    def _prefill(self, prompts: list[list[int]], keep: bool, reserve: int) -> PromptState:
         if not prompts or any(not p for p in prompts):
             raise ValueError("every prompt needs at least one token")
         batch = len(prompts)
@@ -219,7 +224,7 @@ class QwenRunner:
         tok, dev = self.lm.tokenizer, self.device
         limits = limits or RowLimits.uniform(len(prompts), params)
         batch, most = len(prompts), max(limits.budgets)
-        prompt = self.prefill(prompts, keep, reserve=most)
+        prompt = self._prefill(prompts, keep, most)
         if on_prompt is not None:
             on_prompt(prompt)
         rc = self.caches[batch]
