@@ -90,7 +90,7 @@ class Engine:
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         self.load_errors.clear()
-        self.fallbacks.clear()
+        self.fallbacks = {}
         self.warmup_note = None
         self.ar = self.dllm = self.scorer = None
         if cfg.models in ("both", "qwen"):
@@ -155,7 +155,7 @@ class Engine:
 
     def _on_fallback(self, role: str) -> Callable[[str], None]:
         def fallback(reason: str) -> None:
-            self.fallbacks[role] = reason
+            self.fallbacks = {**self.fallbacks, role: reason}  # a new dict: other threads read it
             self.notify(reason)
         return fallback
 
@@ -239,7 +239,7 @@ class Engine:
     def graph_stats(self) -> dict[str, Any]:
         """The captured graphs, for fimLsp.stats and the hover."""
         sets = [g for r in self.runners for g in r.graph_sets]
-        return {"count": sum(len(g) for g in sets), "bytes": sum(g.bytes for g in sets),
+        return {"count": sum(g.count for g in sets), "bytes": sum(g.bytes for g in sets),
                 "budgetBytes": self.budget.limit, "evicted": sum(g.evicted for g in sets),
                 "uncaptured": sum(g.uncaptured for g in sets),
                 "static": {name: r.static for name, r in (("qwen", self.qwen), ("dllm", self.diffusion))
@@ -254,22 +254,19 @@ class Engine:
     def complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None = None) -> list[Completion]:
         if not self.loaded:
             self.load()
-        static = self.compiled
+        static, before = self.compiled, self.fallbacks
         try:
             try:
-                return self._complete_batch(requests, cancel)
+                out = self._complete_batch(requests, cancel)
             except torch.OutOfMemoryError:
                 self._free()
                 if not static:
                     raise
-            # the static path's graphs hold memory the eager path can use: free them, retry once
-            reason = ("out of memory during a request on the static path (CUDA graphs): the graphs are freed "
-                      "and every model runs on the eager path from now on. Lower graphMemory, or set compile off.")
-            self._static_off(reason)
-            out = self._complete_batch(requests, cancel)
-            for comp in out:
-                comp.notes.append(reason)
-            return out
+                # the static path's graphs hold memory the eager path can use: free them, retry once
+                self._static_off("out of memory during a request on the static path (CUDA graphs): the graphs "
+                                 "are freed and it runs on the eager path from now on. Lower graphMemory, or set "
+                                 "compile off.")
+                out = self._complete_batch(requests, cancel)
         except torch.OutOfMemoryError:
             self._free()
             raise OutOfMemory(
@@ -278,6 +275,10 @@ class Engine:
                 f"model (models qwen|dllm), set compile off / a lower graphMemory, or device cpu") from None
         finally:
             self._drop_dead_graphs()
+        news = [reason for role, reason in self.fallbacks.items() if before.get(role) != reason]
+        for comp in out:  # what went wrong on the way is said with the answer it still got
+            comp.notes.extend(news)
+        return out
 
     def _static_off(self, reason: str) -> None:
         for role, runner in (("qwen", self.qwen), ("dllm", self.diffusion)):

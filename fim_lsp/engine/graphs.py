@@ -136,15 +136,14 @@ class GraphSet:
         self._fns: OrderedDict[Hashable, object] = OrderedDict()  # least recently used first
         self._estimates: dict[Hashable, int] = {}  # bytes a capture of each kind took, at most
         self._pool = torch.cuda.graph_pool_handle() if self.cuda and compile_mode is None else None
+        # counters kept by the owner thread, read by others (fimLsp.stats) without touching the dict
+        self.count = 0
+        self.bytes = 0
         self.evicted = 0
         self.uncaptured = 0  # calls that ran uncaptured because no room could be made
 
     def __len__(self) -> int:
-        return len(self._fns)
-
-    @property
-    def bytes(self) -> int:
-        return sum(getattr(fn, "bytes", 0) for fn in self._fns.values())
+        return self.count
 
     def keys(self) -> list[Hashable]:
         return list(self._fns)
@@ -153,6 +152,12 @@ class GraphSet:
         if self.cuda and self._fns:
             torch.cuda.current_stream(self.device).synchronize()  # nothing of ours still replaying
         self._fns.clear()
+        self.count = self.bytes = 0
+
+    def _add(self, key: Hashable, fn: object) -> None:
+        self._fns[key] = fn
+        self.count += 1
+        self.bytes += getattr(fn, "bytes", 0)
 
     def close(self) -> None:
         self.clear()
@@ -182,10 +187,10 @@ class GraphSet:
                 return make()(*inputs)
             fn = self._capture(make, inputs)
             self._estimates[kind] = max(self._estimates.get(kind, 0), fn.bytes)
-            self._fns[key] = fn
+            self._add(key, fn)
             self._make_room(0, keep=key)
             return fn(inputs)
-        self._fns[key] = fn
+        self._add(key, fn)
         return fn(inputs)  # type: ignore[operator]
 
     def _capture(self, make: Callable[[], Fn], inputs: list[torch.Tensor]) -> _Captured:
@@ -212,6 +217,8 @@ class GraphSet:
         while not budget.fits(need) and victims:
             if self.cuda:
                 torch.cuda.current_stream(self.device).synchronize()  # no replay of it still queued
-            del self._fns[victims.pop(0)]
+            victim = self._fns.pop(victims.pop(0))
+            self.count -= 1
+            self.bytes -= getattr(victim, "bytes", 0)
             self.evicted += 1
         return budget.fits(need)
