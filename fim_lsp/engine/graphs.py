@@ -170,6 +170,20 @@ class GraphSet:
         if fn is not None:
             self._fns.move_to_end(key)
             return fn(inputs)  # type: ignore[operator]
+        fn = self._build(key, make, inputs)
+        if fn is None:  # no room within the budget: this call runs uncaptured, nothing is kept
+            self.uncaptured += 1
+            return make()(*inputs)
+        self._add(key, fn)
+        if not self._make_room(0, keep=key):  # alone past the budget: replayed this once, then dropped
+            out = fn(inputs)  # type: ignore[operator]
+            self._drop(key)
+            return out
+        return fn(inputs)  # type: ignore[operator]
+
+    def _build(self, key: Hashable, make: Callable[[], Fn], inputs: list[torch.Tensor]) -> Callable | None:
+        """What replays `key` from now on: a captured graph (CUDA), a compiled function, or the plain one
+        (CPU); None when a graph would not fit the budget even after evicting this set's others."""
         if self.compile_mode is not None:
             compiled = torch.compile(make(), mode=self.compile_mode, dynamic=False, fullgraph=True)
 
@@ -177,21 +191,16 @@ class GraphSet:
                 if self.cuda:
                     torch.compiler.cudagraph_mark_step_begin()  # the last call's outputs are consumed
                 return compiled(*xs)
-        elif not self.cuda:
+            return fn
+        if not self.cuda:
             plain = make()
-            fn = lambda xs: plain(*xs)  # noqa: E731
-        else:
-            kind = key[0][0] if isinstance(key[0], tuple) and key[0] else key[0]
-            if not self._make_room(self._estimates.get(kind, 0)):
-                self.uncaptured += 1
-                return make()(*inputs)
-            fn = self._capture(make, inputs)
-            self._estimates[kind] = max(self._estimates.get(kind, 0), fn.bytes)
-            self._add(key, fn)
-            self._make_room(0, keep=key)
-            return fn(inputs)
-        self._add(key, fn)
-        return fn(inputs)  # type: ignore[operator]
+            return lambda xs: plain(*xs)
+        kind = key[0][0] if isinstance(key[0], tuple) and key[0] else key[0]
+        if not self._make_room(self._estimates.get(kind, 0)):
+            return None
+        captured = self._capture(make, inputs)
+        self._estimates[kind] = max(self._estimates.get(kind, 0), captured.bytes)
+        return captured
 
     def _capture(self, make: Callable[[], Fn], inputs: list[torch.Tensor]) -> _Captured:
         assert self.stream is not None, "a CUDA graph set needs its runner's capture stream"
@@ -215,10 +224,13 @@ class GraphSet:
         budget = self.budget
         victims = [k for k in self._fns if k != keep]
         while not budget.fits(need) and victims:
-            if self.cuda:
-                torch.cuda.current_stream(self.device).synchronize()  # no replay of it still queued
-            victim = self._fns.pop(victims.pop(0))
-            self.count -= 1
-            self.bytes -= getattr(victim, "bytes", 0)
-            self.evicted += 1
+            self._drop(victims.pop(0))
         return budget.fits(need)
+
+    def _drop(self, key: Hashable) -> None:
+        if self.cuda:
+            torch.cuda.current_stream(self.device).synchronize()  # no replay of it still queued
+        victim = self._fns.pop(key)
+        self.count -= 1
+        self.bytes -= getattr(victim, "bytes", 0)
+        self.evicted += 1
