@@ -118,3 +118,26 @@ def test_scoring_on_the_cached_prompt_equals_the_full_pass(talkative, static):
     for g, w in zip(got, want):
         assert g.tokens == w.tokens
         assert g.token_logprobs == pytest.approx(w.token_logprobs, abs=1e-4)
+
+
+def test_a_prompt_pass_that_fails_leaves_nothing_kept_past_its_common_prefix(talkative, monkeypatch):
+    """A prompt pass that raises half-way (out of memory, say) has overwritten the row's slots after
+    the kept prefix; the next request must recompute them, not keep what the row held before."""
+    runner = QwenRunner(talkative)
+    first, edited = typing(talkative)[0], fim_ids(talkative.tokenizer, SOURCE[:200], SOURCE[200:600])
+    runner.generate([first], PARAMS)
+    forward = static_model.StaticQwen2.forward
+
+    def half_way(self, ids, *args, **kwargs):  # writes the edited prompt's keys, then fails
+        forward(self, ids, *args, **kwargs)
+        raise RuntimeError("failed after writing the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(static_model.StaticQwen2, "forward", half_way)
+        with pytest.raises(RuntimeError):
+            runner.generate([edited], PARAMS)
+    again, state = runner.generate([first], PARAMS)
+    common = next(i for i, (x, y) in enumerate(zip(first, edited)) if x != y)
+    assert state.reused == common  # not len(first) - 1: the slots after the common prefix were rewritten
+    want, _ = QwenRunner(talkative).generate([first], PARAMS)
+    assert again[0].token_ids == want[0].token_ids

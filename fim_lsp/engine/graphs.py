@@ -61,6 +61,13 @@ def is_oom(err: BaseException) -> bool:
     return False
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait until no graph replay is queued on any stream, before a graph is freed. Never during another
+    thread's capture: a device-wide wait would wait on the capturing stream too."""
+    with CAPTURE_LOCK:
+        torch.cuda.synchronize(device)
+
+
 def _device_used(device: torch.device) -> int:
     free, total = torch.cuda.mem_get_info(device)
     return total - free
@@ -150,7 +157,7 @@ class GraphSet:
 
     def clear(self) -> None:
         if self.cuda and self._fns:
-            torch.cuda.current_stream(self.device).synchronize()  # nothing of ours still replaying
+            _synchronize(self.device)
         self._fns.clear()
         self.count = self.bytes = 0
 
@@ -229,7 +236,7 @@ class GraphSet:
 
     def _drop(self, key: Hashable) -> None:
         if self.cuda:
-            torch.cuda.current_stream(self.device).synchronize()  # no replay of it still queued
+            _synchronize(self.device)
         victim = self._fns.pop(key)
         self.count -= 1
         self.bytes -= getattr(victim, "bytes", 0)

@@ -189,6 +189,9 @@ class QwenRunner:
         last = torch.tensor([n - 1 for n in new])
         ids, slots, last = ids.to(self.device), slots.to(self.device), last.to(self.device)
         kv_len = cap if self.static else max(lengths)
+        # until the pass has run, a row holds only its kept prefix: a pass that fails half-way (out of
+        # memory, cancelled) must not leave the next request keeping keys it never finished writing
+        rc.held = [list(p[:k]) for p, k in zip(prompts, kept)]
         (logp,) = self._run(self.prompt_graphs, ("prefill", rc.number, kv_len),
                             lambda: self._prefill_fn(rc.kv, kv_len), [ids, slots, last])
         rc.held = [list(p) for p in prompts]
