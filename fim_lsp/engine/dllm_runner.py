@@ -11,11 +11,10 @@ Two paths:
   the static path draws its own samples (one uniform per position) from the same distribution."""
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -24,6 +23,7 @@ from .diffusion import END_TOKENS, DiffusionParams, Propose, logits_proposer, ru
 from .dual_cache import dual_cache_logits, static_dual_cache_pass
 from .graphs import CaptureError, GraphBudget, GraphSet, bucket
 from .loading import LoadedModel, decode_whole, special_id
+from .placement import Placement
 from .results import CancelCheck, Generation
 from .static_model import KVCache, StaticQwen2, cache_length
 
@@ -41,8 +41,9 @@ class DllmRunner:
                  on_fallback: Callable[[str], None] | None = None) -> None:
         self.lm = lm
         self.mask_id = mask_id
-        self.device = lm.device
-        self.cuda = self.device.type == "cuda"
+        self.place = Placement(lm.device)
+        self.device, self.cuda, self.stream = lm.device, self.place.cuda, self.place.stream
+        self.on_stream, self._device = self.place.on_stream, self.place.device_context
         self.static = static
         self.on_fallback = on_fallback
         self.fallback: str | None = None
@@ -51,25 +52,12 @@ class DllmRunner:
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.ends[0]
         with self._device():
             self.net = StaticQwen2(lm.model)
-            self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-            capture = torch.cuda.Stream(self.device) if self.cuda else None
-        self.graphs = GraphSet(self.device, "dllm", budget, capture)
+        self.graphs = GraphSet(self.device, "dllm", budget, self.place.capture)
         # DualCache K/V: one buffer per batch size, made outside any capture (graphs hold its address),
         # and a view of its first `width` slots per request. A wider request gets a larger buffer;
         # graphs that captured views of the old one keep it alive through their closures.
         self.buffers: dict[int, tuple[int, KVCache]] = {}
         self.buffers_made = 0
-
-    def _device(self) -> contextlib.AbstractContextManager:
-        return torch.cuda.device(self.device) if self.cuda else contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def on_stream(self) -> Iterator[None]:
-        if not self.cuda:
-            yield
-            return
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            yield
 
     @property
     def graph_sets(self) -> list[GraphSet]:

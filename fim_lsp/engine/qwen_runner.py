@@ -18,16 +18,16 @@ one scorer):
 At temperature 0 both modes emit the same tokens."""
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
 from .ar_fim import stop_ids
 from .graphs import CaptureError, GraphBudget, GraphSet, bucket
 from .loading import LoadedModel, decode_whole, encode, special_id
+from .placement import Placement
 from .requests import ArParams, PromptState, RowLimits
 from .results import CancelCheck, Cancelled, Generation, Score
 from .sampling import sample_with_noise
@@ -59,16 +59,16 @@ class QwenRunner:
                  budget: GraphBudget | None = None, on_fallback: Callable[[str], None] | None = None) -> None:
         tok = lm.tokenizer
         self.lm = lm
-        self.device = lm.device
-        self.cuda = self.device.type == "cuda"
+        self.place = Placement(lm.device)
+        self.device, self.cuda, self.stream = lm.device, self.place.cuda, self.place.stream
+        self.on_stream, self._device = self.place.on_stream, self.place.device_context
         self.static = static
         self.on_fallback = on_fallback
         self.fallback: str | None = None  # why the static mode was turned off, once it was
-        with self._device():
+        with self._device():  # whatever the wrapper allocates lands on the runner's cuda:N
             self.net = StaticQwen2(lm.model)
             self.stops = torch.tensor(stop_ids(tok), device=self.device)
-            self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-            capture = torch.cuda.Stream(self.device) if self.cuda else None
+        capture = self.place.capture
         self.eos = special_id(tok, "<|endoftext|>")
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else int(self.stops[0])
         self.vocab = len(tok)  # rows past the tokenizer are padding: never sampled
@@ -82,18 +82,6 @@ class QwenRunner:
         self._caches_made = 0
 
     # -- ownership -------------------------------------------------------------------------------
-    def _device(self) -> contextlib.AbstractContextManager:
-        return torch.cuda.device(self.device) if self.cuda else contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def on_stream(self) -> Iterator[None]:
-        """This runner's device and stream, current for the block (CPU: nothing to switch)."""
-        if not self.cuda:
-            yield
-            return
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            yield
-
     @property
     def graph_sets(self) -> list[GraphSet]:
         return [self.prompt_graphs, self.decode_graphs, self.score_graphs]

@@ -48,6 +48,17 @@ def _greedy_nucleus(logits: torch.Tensor, top_p: float, confidence: str) -> tupl
     return conf, top.indices[..., 0]
 
 
+def _confidence(probs: torch.Tensor, chosen: torch.Tensor, kind: str) -> torch.Tensor:
+    """The confidence of a sample: the chosen token's probability ("prob"), the top-1 minus top-2
+    probability ("margin") or sum p log p ("neg_entropy")."""
+    if kind == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if kind == "neg_entropy":
+        return torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return chosen
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -75,12 +86,7 @@ def sample_tokens(
         conf = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
     else:
         conf, tokens = probs.max(dim=-1)
-    if confidence == "margin":
-        top2 = torch.topk(probs, 2, dim=-1).values
-        conf = top2[..., 0] - top2[..., 1]
-    elif confidence == "neg_entropy":
-        conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
-    return conf, tokens
+    return _confidence(probs, conf, confidence), tokens
 
 
 def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float,
@@ -117,9 +123,4 @@ def sample_with_uniform(logits: torch.Tensor, uniform: torch.Tensor, temperature
         conf = probs.gather(-1, tokens[..., None])[..., 0]
     else:
         conf, tokens = probs.max(dim=-1)
-    if confidence == "margin":
-        top2 = torch.topk(probs, 2, dim=-1).values
-        conf = top2[..., 0] - top2[..., 1]
-    elif confidence == "neg_entropy":
-        conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
-    return conf, tokens
+    return _confidence(probs, conf, confidence), tokens

@@ -14,7 +14,6 @@ the bench does, so that Qwen decodes its whole budget and every step has somethi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -69,15 +68,10 @@ def checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = parse_args(argv)
-    try:
-        from transformers.utils import logging as hf_logging
+    from fim_lsp.engine.loading import quiet_transformers
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    quiet_transformers()
+    args = parse_args(argv)
     import torch
 
     from fim_lsp.engine.config import EngineConfig
