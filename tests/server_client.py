@@ -95,7 +95,9 @@ class Session:
 
 @contextlib.asynccontextmanager
 async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: list[str] | None = None,
-                       caps: types.ClientCapabilities | None = None, wait: bool = True) -> AsyncIterator[Session]:
+                       caps: types.ClientCapabilities | None = None, wait: bool = True,
+                       launcher: list[str] | None = None) -> AsyncIterator[Session]:
+    """launcher: what python runs instead of `-m fim_lsp` (tests/faulty_server.py), its arguments after."""
     client = make_test_lsp_client()
     session = Session(client)
 
@@ -104,7 +106,7 @@ async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: l
         session.statuses.append(params if isinstance(params, dict) else params._asdict())
 
     args = ["--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu", *(cli or [])]
-    await client.start_io(sys.executable, "-m", "fim_lsp", *args, cwd=str(ROOT))
+    await client.start_io(sys.executable, *(launcher or ["-m", "fim_lsp"]), *args, cwd=str(ROOT))
     try:
         session.init = await client.initialize_session(types.InitializeParams(
             capabilities=caps or capabilities(), initialization_options={**FAST, **(options or {})}))

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fim_lsp.engine.config import ALGS
-from fim_lsp.engine.diffusion import DiffusionParams, StaticPass, bidirectional_logits, diffusion_infill, mdm_sample
-from fim_lsp.engine.graphs import GraphCache
-from fim_lsp.engine.loading import load_model, mask_token_id
+from fim_lsp.engine.bidirectional import bidirectional_logits
+from fim_lsp.engine.diffusion import DiffusionParams, mdm_sample
+from fim_lsp.engine.dllm_runner import DllmRunner
+from fim_lsp.engine.loading import encode, load_model, mask_token_id
 from fim_lsp.engine.results import Cancelled
-from fim_lsp.engine.static_model import StaticQwen2
 from forced import forced_lm, token
 
 MASK = 7
@@ -22,6 +22,12 @@ V = 12
 @pytest.fixture(scope="module")
 def dllm(tiny_models):
     return load_model(str(tiny_models / "dllm"), "dllm", torch.device("cpu"), torch.float32)
+
+
+def infill(lm, mask_id: int, requests, params: DiffusionParams, static: bool = False):
+    """The diffusion runner on (prefix text, suffix text, hole length) requests."""
+    rows = [(encode(lm.tokenizer, p), encode(lm.tokenizer, s), n) for p, s, n in requests]
+    return DllmRunner(lm, mask_id, static=static).infill(rows, params)
 
 
 def model_fn(dllm, x):
@@ -262,9 +268,9 @@ def test_batched_infill_with_padding_matches_single(dllm):
     mid = mask_token_id(dllm.tokenizer)
     params = DiffusionParams(steps=8, alg="p2", temperature=0.0)
     reqs = [("def f(x):\n    return ", "\n", 6), ("import os\n", "\n\nprint(os.name)\n", 9)]
-    both = diffusion_infill(dllm, mid, reqs, params)
+    both = infill(dllm, mid, reqs, params)
     for req, out in zip(reqs, both):
-        one = diffusion_infill(dllm, mid, [req], params)[0]
+        one = infill(dllm, mid, [req], params)[0]
         assert one.token_ids == out.token_ids
         assert one.forward_passes == out.forward_passes
 
@@ -287,9 +293,8 @@ def test_the_first_end_token_cuts_the_hole_with_real_tokens_on_both_sides(tiny_m
     x, y, z, w = (token(tok, c) for c in "xyzw")
     e = tok.convert_tokens_to_ids(end)
     lm = forced_lm(tok, {x: y, y: e, e: z, z: w}, default=x, uniform=(mid,))
-    static = StaticPass(StaticQwen2(lm.model), GraphCache(lm.device)) if path == "static" else None
-    out = diffusion_infill(lm, mid, [("def f():\n    ", "\nprint(f())\n", 6)],
-                           DiffusionParams(steps=6, alg="p2", temperature=0.0), static=static)[0]
+    out = infill(lm, mid, [("def f():\n    ", "\nprint(f())\n", 6)],
+                 DiffusionParams(steps=6, alg="p2", temperature=0.0), static=path == "static")[0]
     assert out.token_ids == [x, y]
     assert out.text == "xy" and out.hole_length == 6
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fim_lsp.engine.diffusion import StaticPass, bidirectional_logits
-from fim_lsp.engine.dual_cache import dual_cache_logits, static_dual_cache_logits
-from fim_lsp.engine.graphs import GraphCache, bucket
+from fim_lsp.engine.bidirectional import bidirectional_logits, logits_finish
+from fim_lsp.engine.dllm_runner import DllmRunner
+from fim_lsp.engine.dual_cache import dual_cache_logits, static_dual_cache_pass
+from fim_lsp.engine.graphs import bucket
 from fim_lsp.engine.loading import LoadedModel, encode, load_model, mask_token_id
-from fim_lsp.engine.static_model import MIN_CACHE, StaticQwen2
+from fim_lsp.engine.static_model import MIN_CACHE
 from fim_lsp.tiny import build_model
 
 ATOL = 1e-4
@@ -108,13 +109,22 @@ def padded(x: torch.Tensor, width: int) -> torch.Tensor:
     return out
 
 
+def static_logits(lm: LoadedModel, runner: DllmRunner, valid: torch.Tensor, hole: torch.Tensor, refresh_every: int):
+    """The static DualCache pass of `runner` (its graphs, its K/V buffer) returning the logits it
+    would sample from, as a LogitsFn."""
+    call = static_dual_cache_pass(runner.net, runner.graphs.run, runner.buffer(*valid.shape), valid, hole,
+                                  refresh_every)
+    finish = logits_finish([runner.mask_id], len(lm.tokenizer), torch.device("cpu"))
+    return lambda x, rows: call(x, rows, torch.zeros(x.size(0), rows.numel()), ("logits",), finish)[0]
+
+
 def compare_static(lm: LoadedModel, fill: list[int], refresh_every: int) -> tuple[list[float], list[float]]:
     """Max |static - eager DualCache| and |static - full pass| logit difference at each call."""
     x, valid, mid = batch(lm)
     rows = window_rows(x, mid)
     width = bucket(x.size(1), 64)
-    static = StaticPass(StaticQwen2(lm.model), GraphCache(torch.device("cpu")))
-    mine = static_dual_cache_logits(lm, static, padded(valid, width), padded(x, width) == mid, [mid], refresh_every)
+    static = DllmRunner(lm, mid, static=True)
+    mine = static_logits(lm, static, padded(valid, width), padded(x, width) == mid, refresh_every)
     eager = dual_cache_logits(lm, valid, x == mid, [mid], refresh_every)
     full = bidirectional_logits(lm, valid, [mid])
     to_eager, to_full = [], []
@@ -148,16 +158,15 @@ def test_a_grown_buffer_never_pairs_an_old_refresh_graph_with_a_new_block_graph(
     pass would read keys the refresh never wrote (here, the wide request's)."""
     x, valid, mid = batch(two_layers)
     width, rows = bucket(x.size(1), 64), window_rows(x, mid)
-    static = StaticPass(StaticQwen2(two_layers.model), GraphCache(torch.device("cpu")))
+    static = DllmRunner(two_layers, mid, static=True)
     # a refresh alone at this width: its graph is captured, no block graph yet
-    static_dual_cache_logits(two_layers, static, padded(valid, width), padded(x, width) == mid, [mid], REFRESH)(
-        padded(x, width), rows)
+    static_logits(two_layers, static, padded(valid, width), padded(x, width) == mid, REFRESH)(padded(x, width), rows)
     wide = torch.full((2, MIN_CACHE + 64), 100)
     wide[:, 10:14] = mid
-    static_dual_cache_logits(two_layers, static, torch.ones_like(wide, dtype=torch.bool), wide == mid, [mid],
-                             REFRESH)(wide, torch.arange(9, 13))
-    assert static.buffers == 2
-    mine = static_dual_cache_logits(two_layers, static, padded(valid, width), padded(x, width) == mid, [mid], REFRESH)
+    static_logits(two_layers, static, torch.ones_like(wide, dtype=torch.bool), wide == mid, REFRESH)(
+        wide, torch.arange(9, 13))
+    assert static.buffers_made == 2
+    mine = static_logits(two_layers, static, padded(valid, width), padded(x, width) == mid, REFRESH)
     eager = dual_cache_logits(two_layers, valid, x == mid, [mid], REFRESH)
     for xs in steps(x, mid, [0, 1]):  # a refresh, then a block pass
         a, e = mine(padded(xs, width), rows), eager(xs, rows)

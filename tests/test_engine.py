@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fim_lsp.engine.ar_fim import ArParams, fim_ids, generate_fim
-from fim_lsp.engine.ar_static import StaticGenerator
+from fim_lsp.engine.ar_fim import fim_ids
 from fim_lsp.engine.config import EngineConfig
 from fim_lsp.engine.ensemble import Engine, FimRequest
 from fim_lsp.engine.loading import ModelLoadError, encode, load_model, mask_token_id
+from fim_lsp.engine.qwen_runner import QwenRunner
+from fim_lsp.engine.requests import ArParams
 from fim_lsp.engine.results import Cancelled, Completion
 from fim_lsp.engine.scorer import ScoreItem, build, score_batch
 from forced import forced_lm, token
@@ -59,9 +60,8 @@ STOP_TOKENS = ("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffi
 def generate_on(path: str, lm, params: ArParams):
     """One completion of (PREFIX, SUFFIX) on the eager path or the static one (uncompiled on CPU)."""
     gen = torch.Generator().manual_seed(0)
-    if path == "static":
-        return StaticGenerator(lm).generate([(PREFIX, SUFFIX)], params, gen)[0][0]
-    return generate_fim(lm, [(PREFIX, SUFFIX)], params, gen)[0]
+    runner = QwenRunner(lm, static=path == "static")
+    return runner.generate([fim_ids(lm.tokenizer, PREFIX, SUFFIX)], params, gen)[0][0]
 
 
 @pytest.mark.parametrize("path", ["eager", "static"])
@@ -93,12 +93,13 @@ def test_generation_respects_max_new_tokens(ar, path):
 
 def test_generation_batch_equals_single_and_cancel_stops(ar):
     params = ArParams(temperature=0.0, max_new_tokens=6)
-    reqs = [(PREFIX, SUFFIX), ("import os\n", "")]
-    both = generate_fim(ar, reqs, params)
+    reqs = [fim_ids(ar.tokenizer, PREFIX, SUFFIX), fim_ids(ar.tokenizer, "import os\n", "")]
+    runner = QwenRunner(ar)
+    both, _ = runner.generate(reqs, params)
     for req, out in zip(reqs, both):
-        assert generate_fim(ar, [req], params)[0].token_ids == out.token_ids
+        assert QwenRunner(ar).generate([req], params)[0][0].token_ids == out.token_ids
     with pytest.raises(Cancelled):
-        generate_fim(ar, reqs, ArParams(max_new_tokens=50), cancel=lambda: True)
+        runner.generate(reqs, ArParams(max_new_tokens=50), cancel=lambda: True)
 
 
 def direct_logprobs(lm, ids: list[int]) -> torch.Tensor:

@@ -32,13 +32,13 @@ def engine(tiny_models):
 def scoring_calls(engine, monkeypatch) -> list[tuple[str, int]]:
     """(thread name, candidates) of every scoring pass on Qwen's prompt."""
     calls: list[tuple[str, int]] = []
-    score = engine.static_ar.score
+    score = engine.qwen.score
 
     def spy(prompt, items):
         calls.append((threading.current_thread().name, len(items)))
         return score(prompt, items)
 
-    monkeypatch.setattr(engine.static_ar, "score", spy)
+    monkeypatch.setattr(engine.qwen, "score", spy)
     return calls
 
 
@@ -70,7 +70,7 @@ def test_qwen_failing_before_its_prompt_does_not_stall_the_side_worker(engine, m
         raise RuntimeError("prompt pass failed")
 
     with monkeypatch.context() as m:
-        m.setattr(engine.static_ar, "generate", fail)
+        m.setattr(engine.qwen, "generate", fail)
         with pytest.raises(RuntimeError, match="prompt pass failed"):
             engine.complete_batch(REQUESTS)
     done: list = []
@@ -93,5 +93,5 @@ def test_the_editor_profile_on_the_static_path_equals_the_eager_engine(tiny_mode
         assert "dllm_score" in a.timings
         assert [(c.model, c.text) for c in a.candidates] == [(c.model, c.text) for c in b.candidates]
         assert [c.perplexity for c in a.candidates] == pytest.approx([c.perplexity for c in b.candidates], rel=1e-5)
-    keys = {key[0][0] for key in static.static_dllm.graphs._fns}
-    assert keys == {"dllm_full", "dllm_block"}  # DualCache replayed, no full pass at every step
+    keys = {key[0][0] for key in static.diffusion.graphs.keys()}
+    assert keys == {"dual_full", "dual_block"}  # DualCache replayed, no full pass at every step

@@ -88,6 +88,7 @@ async def test_inline_completion_is_the_winner_and_hover_lists_both(s: Session) 
     assert hover is not None and hover.contents.kind == types.MarkupKind.Markdown
     md = hover.contents.value
     assert f"chosen: {shown['winner']}" in md and "timings" in md
+    assert "**model passes:** eager (no CUDA graphs)" in md  # compile auto: off on a CPU
     for c in shown["candidates"]:
         assert f"{c['model']}: perplexity {c['perplexity']:.3f}" in md
     other = await s.client.text_document_hover_async(types.HoverParams(
@@ -104,6 +105,7 @@ async def test_inline_completion_is_the_winner_and_hover_lists_both(s: Session) 
     assert stats["acceptances"] == {shown["winner"]: 1}
     assert comp.items[0].documentation.value.count(comp.items[0].text_edit.new_text) == 1
     assert stats["latencyMs"]["p50"] is not None and delta(stats, start, "modelRuns") == 1
+    assert stats["graphs"]["static"] == {"qwen": False, "dllm": False} and stats["graphs"]["count"] == 0
 
 
 async def test_typing_through_is_served_from_the_cache(s: Session) -> None:

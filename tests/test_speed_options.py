@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from fim_lsp.engine.config import EngineConfig, effective
-from fim_lsp.engine.diffusion import DiffusionParams, bidirectional_logits, diffusion_infill, mdm_sample
+from fim_lsp.engine.bidirectional import bidirectional_logits
+from fim_lsp.engine.diffusion import DiffusionParams, mdm_sample
 from fim_lsp.engine.dual_cache import dual_cache_logits
 from fim_lsp.engine.ensemble import Engine, FimRequest
 from fim_lsp.engine.loading import load_model, mask_token_id
 
-from test_diffusion import MASK, scripted_logits
+from test_diffusion import MASK, infill, scripted_logits
 
 PREFIX = "def area(w, h):\n    return "
 SUFFIX = "\n\nprint(area(2, 3))\n"
@@ -52,8 +53,8 @@ def test_dual_cache_step_equals_full_pass_on_unchanged_input(dllm):
 def test_dual_cache_refreshed_every_step_is_the_exact_path(dllm):
     mid = mask_token_id(dllm.tokenizer)
     reqs = [(PREFIX, SUFFIX, 8), ("import os\n", "\nprint(os.sep)\n", 5)]
-    exact = diffusion_infill(dllm, mid, reqs, DiffusionParams(steps=8, temperature=0.0))
-    cached = diffusion_infill(dllm, mid, reqs, DiffusionParams(steps=8, temperature=0.0, cache_refresh=1))
+    exact = infill(dllm, mid, reqs, DiffusionParams(steps=8, temperature=0.0))
+    cached = infill(dllm, mid, reqs, DiffusionParams(steps=8, temperature=0.0, cache_refresh=1))
     assert [g.token_ids for g in cached] == [g.token_ids for g in exact]
 
 
@@ -74,7 +75,7 @@ def test_threshold_reveals_confident_positions_early():
 
 def test_steps_per_token_caps_the_passes(dllm):
     mid = mask_token_id(dllm.tokenizer)
-    out = diffusion_infill(dllm, mid, [(PREFIX, SUFFIX, 16)],
+    out = infill(dllm, mid, [(PREFIX, SUFFIX, 16)],
                            DiffusionParams(steps=64, temperature=0.0, steps_per_token=0.5))[0]
     assert out.forward_passes == 8
 

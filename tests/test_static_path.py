@@ -1,5 +1,6 @@
-"""The GPU latency path, run on CPU with tiny checkpoints: the static-shape forward, the compiled decode
-loop, single-line mode, and the greedy sampler without a full-vocabulary sort.
+"""The GPU latency path, run on CPU with tiny checkpoints: the static-shape forward, the runners' static
+mode (the compiled decode loop) against their eager mode and against transformers' own generate,
+single-line mode, and the greedy sampler without a full-vocabulary sort.
 
 CUDA graph capture itself needs a GPU and is not exercised here; on CPU the same static-shape functions
 run torch.compile'd (decode step) or plain (prompt pass, diffusion pass), which is what is compared with
@@ -15,16 +16,20 @@ import pytest
 import torch
 
 from fim_lsp.engine import sampling
-from fim_lsp.engine.ar_fim import ArParams, RowLimits, generate_fim, generate_fim_keep_prompt, stop_ids
-from fim_lsp.engine.ar_static import StaticGenerator, bucket
+from fim_lsp.engine.ar_fim import fim_ids, stop_ids
+from fim_lsp.engine.bidirectional import bidirectional_logits, logits_finish, static_full_pass
 from fim_lsp.engine.config import EngineConfig, effective
-from fim_lsp.engine.diffusion import DiffusionParams, StaticPass, bidirectional_logits, diffusion_infill
+from fim_lsp.engine.diffusion import DiffusionParams
+from fim_lsp.engine.dllm_runner import DllmRunner
 from fim_lsp.engine.ensemble import Engine, FimRequest
-from fim_lsp.engine.graphs import GraphCache
+from fim_lsp.engine.graphs import GraphSet, bucket
 from fim_lsp.engine.line_stop import LineStop
 from fim_lsp.engine.loading import encode, load_model, mask_token_id
-from fim_lsp.engine.scorer import score_on_prompt
+from fim_lsp.engine.qwen_runner import QwenRunner
+from fim_lsp.engine.requests import ArParams, RowLimits
+from fim_lsp.engine.scorer import ScoreItem, score_batch
 from fim_lsp.engine.static_model import StaticQwen2
+from fim_lsp.selfcheck.reference import transformers_greedy
 
 from forced import write_forced
 
@@ -32,6 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 SOURCE = (ROOT / "fim_lsp" / "tiny.py").read_text()
 REQUESTS = [(SOURCE[:300], SOURCE[300:500]), (SOURCE[:1200], SOURCE[1200:1400]), ("x = ", "\n")]
+
+
+def prompts(lm, requests):
+    return [fim_ids(lm.tokenizer, p, s) for p, s in requests]
+
+
+def holes(lm, requests):
+    return [(encode(lm.tokenizer, p), encode(lm.tokenizer, s), n) for p, s, n in requests]
 
 
 @pytest.fixture(scope="module")
@@ -81,41 +94,49 @@ def test_static_forward_equals_transformers(ar):
 
 
 def test_compiled_decode_emits_the_eager_tokens_at_temperature_0(talkative):
-    """compile on, CPU: the decode step runs torch.compile'd. Token for token equal to the eager path,
-    with the same log-probs and the same fim-mode scores on the kept prompt."""
+    """compile on, CPU: the decode step runs torch.compile'd. Token for token equal to the eager mode,
+    with the same log-probs and the same fim-mode scores on the kept prompt; and both equal to
+    transformers' own generate and full scoring pass (the eager mode runs the runner's functions too)."""
     params = ArParams(temperature=0.0, max_new_tokens=12)
-    eager, eager_prompt = generate_fim_keep_prompt(talkative, REQUESTS, params)
-    static = StaticGenerator(talkative, "default")
-    compiled, static_prompt = static.generate(REQUESTS, params)
+    ids = prompts(talkative, REQUESTS)
+    eager_runner = QwenRunner(talkative)
+    eager, eager_prompt = eager_runner.generate(ids, params)
+    static = QwenRunner(talkative, static=True, decode_compile="default")
+    compiled, static_prompt = static.generate(ids, params)
     # a real loop, not one token (a partial character at the budget is dropped, hence not always 12)
     assert all(g.forward_passes == 12 and len(g.token_ids) >= 9 for g in eager)
-    for e, c in zip(eager, compiled):
+    stops = stop_ids(talkative.tokenizer)
+    for e, c, p in zip(eager, compiled, ids):
         assert c.token_ids == e.token_ids
         assert c.forward_passes == e.forward_passes == 12
         assert c.logprobs == pytest.approx(e.logprobs, abs=1e-4)
+        ref = transformers_greedy(talkative, p, 12, stops)
+        assert e.token_ids == ref.tokens[: len(e.token_ids)]
+        assert e.logprobs == pytest.approx(ref.logprobs[: len(e.logprobs)], abs=1e-4)
     items = [(0, "foo(1)"), (1, "bar\n"), (2, "")]
-    want = [s.perplexity for s in score_on_prompt(talkative, eager_prompt, items)]
+    want = [s.perplexity for s in score_batch(talkative, [ScoreItem("", "", t, ids[r]) for r, t in items])]
+    assert [s.perplexity for s in eager_runner.score(eager_prompt, items)] == pytest.approx(want, rel=1e-4)
     assert [s.perplexity for s in static.score(static_prompt, items)] == pytest.approx(want, rel=1e-4)
     # a second request of another width replays the same compiled step and refills the same cache
-    again, _ = static.generate(REQUESTS[2:], params)
+    again, _ = static.generate(ids[2:], params)
     assert again[0].token_ids == eager[2].token_ids
-    assert len(static.graphs) == 2  # one decode step per batch size, not one per request
+    assert len(static.decode_graphs) == 2  # one decode step per batch size, not one per request
 
 
 def test_row_budgets_and_single_line_stop_on_both_paths(forced):
     path, cycle = forced
     lm = load_model(str(path), "ar", CPU, torch.float32)
-    reqs = [("def f():\n    ", "\n"), ("a", "b"), ("c", "d")]
+    reqs = prompts(lm, [("def f():\n    ", "\n"), ("a", "b"), ("c", "d")])
     limits = lambda: RowLimits([10, 10, 3], [True, False, False])  # noqa: E731
     params = ArParams(temperature=0.6, max_new_tokens=64)  # sampling: the forced logits still decide
-    eager = generate_fim(lm, reqs, params, limits=limits())
-    static, _ = StaticGenerator(lm).generate(reqs, params, limits=limits())
+    eager, _ = QwenRunner(lm).generate(reqs, params, limits=limits())
+    static, _ = QwenRunner(lm, static=True).generate(reqs, params, limits=limits())
     line = lm.tokenizer.decode(cycle)
     for gens in (eager, static):
         assert [g.text for g in gens] == [line, line + line, lm.tokenizer.decode(cycle[:3])]
         assert gens[0].token_ids == cycle and gens[0].end_logprob is None
         assert gens[0].forward_passes == 10  # the batch ran on for its longest row
-    alone, _ = StaticGenerator(lm).generate(reqs[:1], params, limits=RowLimits([64], [True]))
+    alone, _ = QwenRunner(lm, static=True).generate(reqs[:1], params, limits=RowLimits([64], [True]))
     assert alone[0].forward_passes == len(cycle)  # nothing computed past the newline
 
 
@@ -170,11 +191,11 @@ def test_engine_single_line_uses_its_own_hole_lengths(tiny_models):
 def test_static_diffusion_pass_equals_the_plain_pass(tiny_models):
     dllm = load_model(str(tiny_models / "dllm"), "dllm", CPU, torch.float32)
     mid = mask_token_id(dllm.tokenizer)
-    static = StaticPass(StaticQwen2(dllm.model), GraphCache(CPU))
-    reqs = [("def f(a):\n    return ", "\n\nf(1)\n", 6), ("x = ", "\n", 3)]
+    static = DllmRunner(dllm, mid, static=True)
+    reqs = holes(dllm, [("def f(a):\n    return ", "\n\nf(1)\n", 6), ("x = ", "\n", 3)])
     params = DiffusionParams(steps=6, temperature=0.0)
-    plain = diffusion_infill(dllm, mid, reqs, params)
-    padded = diffusion_infill(dllm, mid, reqs, params, static=static)
+    plain = DllmRunner(dllm, mid).infill(reqs, params)
+    padded = static.infill(reqs, params)
     assert [g.token_ids for g in padded] == [g.token_ids for g in plain]
     assert len(static.graphs) == 1  # one shape: the batch padded to a multiple of 64
     # and the logits themselves, padded width against exact width
@@ -187,9 +208,10 @@ def test_static_diffusion_pass_equals_the_plain_pass(tiny_models):
     xp[0, : len(ids)] = x[0]
     valid = torch.zeros((1, width), dtype=torch.bool)
     valid[0, : len(ids)] = True
-    from fim_lsp.engine.diffusion import static_bidirectional_logits
-
-    assert torch.allclose(static_bidirectional_logits(dllm, static, valid, [mid])(xp, rows), exact, atol=1e-5)
+    graphs = GraphSet(CPU, "test")
+    call = static_full_pass(StaticQwen2(dllm.model), graphs.run, valid)
+    (mine,) = call(xp, rows, torch.zeros(1, 4), ("logits",), logits_finish([mid], len(dllm.tokenizer), CPU))
+    assert torch.allclose(mine, exact, atol=1e-5)
 
 
 def test_static_dual_cache_infill_equals_the_eager_dual_cache(tiny_models):
@@ -197,25 +219,25 @@ def test_static_dual_cache_infill_equals_the_eager_dual_cache(tiny_models):
     replayed by the next request of the same shape; the tokens of the eager DualCache path."""
     dllm = load_model(str(tiny_models / "dllm"), "dllm", CPU, torch.float32)
     mid = mask_token_id(dllm.tokenizer)
-    static = StaticPass(StaticQwen2(dllm.model), GraphCache(CPU))
+    static = DllmRunner(dllm, mid, static=True)
     keys: list[str] = []
     run = static.graphs.run
-    static.graphs.run = lambda key, make, inputs: keys.append(key) or run(key, make, inputs)  # type: ignore[method-assign]
-    reqs = [("def f(a):\n    return ", "\n\nf(1)\n", 6), ("x = ", "\n", 3)]
+    static.graphs.run = lambda key, make, inputs: keys.append(key[:2]) or run(key, make, inputs)  # type: ignore[method-assign]
+    reqs = holes(dllm, [("def f(a):\n    return ", "\n\nf(1)\n", 6), ("x = ", "\n", 3)])
     params = DiffusionParams(steps=6, temperature=0.0, cache_refresh=8)
-    eager = diffusion_infill(dllm, mid, reqs, params)
+    eager = DllmRunner(dllm, mid).infill(reqs, params)
     for _ in range(2):  # the second request refreshes the kept cache and replays the same two graphs
         keys.clear()
-        graphed = diffusion_infill(dllm, mid, reqs, params, static=static)
+        graphed = static.infill(reqs, params)
         assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
         assert max(g.forward_passes for g in graphed) == 6
-        assert keys == [("dllm_full", 0)] + [("dllm_block", 0)] * 5
-        assert len(static.graphs) == 2 and list(static.caches) == [2]  # one K/V buffer per batch size
+        assert keys == [("dual_full", 0)] + [("dual_block", 0)] * 5
+        assert len(static.graphs) == 2 and list(static.buffers) == [2]  # one K/V buffer per batch size
     # a wider batch: views of the same buffer at the next 64-token width, two graphs of its own
-    wide = [("def f(a):\n    return ", "\n" + "y = f(1)\n" * 20, 6), ("x = ", "\n", 3)]
-    graphed = diffusion_infill(dllm, mid, wide, params, static=static)
-    assert [g.token_ids for g in graphed] == [g.token_ids for g in diffusion_infill(dllm, mid, wide, params)]
-    assert len(static.graphs) == 4 and list(static.caches) == [2]
+    wide = holes(dllm, [("def f(a):\n    return ", "\n" + "y = f(1)\n" * 20, 6), ("x = ", "\n", 3)])
+    graphed = static.infill(wide, params)
+    assert [g.token_ids for g in graphed] == [g.token_ids for g in DllmRunner(dllm, mid).infill(wide, params)]
+    assert len(static.graphs) == 4 and list(static.buffers) == [2]
 
 
 def test_greedy_nucleus_without_sort_matches_the_sorted_filter():
@@ -281,8 +303,9 @@ def test_a_budget_inside_a_character_keeps_whole_characters(tiny_models, tmp_pat
     assert len(cycle) == 3  # x, and é's two bytes
     lm = load_model(str(tmp_path), "ar", CPU, torch.float32)
     params = ArParams(temperature=0.0, max_new_tokens=5)
-    eager = generate_fim(lm, [("a", "b")], params)[0]
-    static, _ = StaticGenerator(lm).generate([("a", "b")], params)
-    for gen in (eager, static[0]):
+    ids = prompts(lm, [("a", "b")])
+    eager, _ = QwenRunner(lm).generate(ids, params)
+    static, _ = QwenRunner(lm, static=True).generate(ids, params)
+    for gen in (eager[0], static[0]):
         assert gen.text == "xéx" and gen.token_ids == cycle + cycle[:1]
         assert len(gen.logprobs) == 4 and gen.end_logprob is None

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The GPU figures of eval/BENCHMARKS.md in one device call (issue 9): the server variant's targets at 256
-# and 1024 tokens; the stages in turn instead of overlapped; Qwen's decode ms/token per path; compile off
-# (before: the eager path); DualCache on a GPU (compiled: its refreshes and block passes replayed as
-# graphs), with the figures that decide DualCache on CUDA printed side by side. STEPS="server decode" runs a subset.
+# The GPU figures of eval/BENCHMARKS.md in one device call (issue 9), after the engine's selfcheck (issue
+# 17: results, not speed; the random real-shape checkpoints it writes are the bench's): the server
+# variant's targets at 256 and 1024 tokens; the stages in turn instead of overlapped; Qwen's decode ms/token
+# per path; compile off (before: the eager path); DualCache on a GPU (compiled: its refreshes and block
+# passes replayed as graphs), with the figures that decide DualCache on CUDA printed side by side.
+# STEPS="selfcheck server decode" runs a subset. The selfcheck step is sized to ~4 minutes on an H200
+# (fp32 engines, three loads with warm-up) plus writing the checkpoints the first time.
 # Carry .whl (transformers 5.24.0, platformdirs: the device image has 5.17) and .gpu/data (the
 # tokenizers and the HumanEval single-line file, copied from ../shared/data). Logs go to $OUT.
 # Locally, to check the script itself: DEVICE=cpu CONFIG=small SAMPLES=1 REPEATS=1 bash eval/gpu/check.sh
@@ -20,7 +23,7 @@ $PY -c "import torch, transformers; print('torch', torch.__version__, 'transform
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 M=${MODELS:-/tmp/fim-random-$CONFIG}; D=${DATA:-.gpu/data}
 BENCH="$PY -m fim_lsp.bench --random-config $CONFIG --models-dir $M --data-dir $D --device $DEVICE"
-STEPS=${STEPS:-server dualcache sequential decode eager}
+STEPS=${STEPS:-selfcheck server dualcache sequential decode eager}
 RAN=""
 step() {  # name, command...: full log under $OUT, the tables (stdout) here
   local name=$1; shift
@@ -29,6 +32,7 @@ step() {  # name, command...: full log under $OUT, the tables (stdout) here
   "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"; local rc=$?; [ $rc = 0 ] && RAN="$RAN $name"
   echo "=== $name: exit $rc, $((SECONDS - t)) s"; cat "$OUT/$name.out"; [ $rc = 0 ] || tail -25 "$OUT/$name.err"
 }
+step selfcheck timeout 540 $PY -m fim_lsp.selfcheck --device $DEVICE --random-config $CONFIG --models-dir $M --data-dir $D
 step server $BENCH --variants server --samples "$SAMPLES" --repeats "$REPEATS" --json "$OUT/server.json"
 # the same requests with DualCache's block passes (graphed): the one open choice, so right after the server
 step dualcache $BENCH --variants server --dllm-cache-refresh 8 --samples "$SAMPLES" --repeats "$REPEATS" --json "$OUT/dualcache.json"

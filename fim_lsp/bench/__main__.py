@@ -8,7 +8,6 @@ within the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -219,15 +218,10 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = parse_args(argv)
-    try:
-        from transformers.utils import logging as hf_logging
+    from fim_lsp.engine.loading import quiet_transformers
 
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    quiet_transformers()
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fim-bench-") as tmp:
         return run(args, Path(tmp))
 

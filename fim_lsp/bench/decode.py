@@ -1,7 +1,8 @@
 """python -m fim_lsp.bench.decode: Qwen's decode time per token on each path, in one run.
 
-  eager     transformers' forward with its dynamic cache (compile off: the CPU default)
-  graphs    the static path, each decode step replayed as one CUDA graph (compile on: the GPU default)
+  eager     Qwen's runner in eager mode: its static-shape step, uncaptured, over the slots it needs
+            (compile off: the CPU default)
+  graphs    the runner in static mode, each decode step replayed as one CUDA graph (compile on: the GPU default)
   compiled  the same static step under torch.compile(mode="reduce-overhead"), which fuses kernels too
 
   python -m fim_lsp.bench.decode --random-config real --device cuda --tokens 128"""
@@ -36,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fim_lsp.engine.ar_fim import ArParams, RowLimits, generate_fim_keep_prompt, stop_ids
-    from fim_lsp.engine.ar_static import StaticGenerator
+    from fim_lsp.engine.ar_fim import fim_ids, stop_ids
     from fim_lsp.engine.loading import load_model, resolve_device, resolve_dtype
+    from fim_lsp.engine.qwen_runner import QwenRunner
+    from fim_lsp.engine.requests import ArParams, RowLimits
     from fim_lsp.percentile import percentile
 
     from .models import write_random
@@ -56,13 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     line = "    total = total + values[index] * weight\n"
     per_line = len(lm.tokenizer(line, add_special_tokens=False)["input_ids"])
     text = line * max(1, args.context_tokens // per_line)
-    request = [(text[: len(text) * 3 // 4], text[len(text) * 3 // 4:])]
+    request = [fim_ids(lm.tokenizer, text[: len(text) * 3 // 4], text[len(text) * 3 // 4:])]
     params = ArParams(temperature=0.0, max_new_tokens=args.tokens)
     budget = RowLimits([args.tokens], [False])
-    runners = {  # each returns the generations of one completion
-        "eager": lambda: generate_fim_keep_prompt(lm, request, params, limits=budget)[0],
-        "graphs": lambda g=StaticGenerator(lm): g.generate(request, params)[0],
-        "compiled": lambda g=StaticGenerator(lm, "reduce-overhead"): g.generate(request, params)[0],
+    # each returns the generations of one completion; keep=False: every run's prompt pass is whole
+    runners = {
+        "eager": lambda g=QwenRunner(lm): g.generate(request, params, limits=budget, keep=False)[0],
+        "graphs": lambda g=QwenRunner(lm, static=True): g.generate(request, params, keep=False)[0],
+        "compiled": lambda g=QwenRunner(lm, static=True, decode_compile="reduce-overhead"):
+            g.generate(request, params, keep=False)[0],
     }
     rows = []
     first_tokens = None

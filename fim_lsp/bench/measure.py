@@ -1,9 +1,10 @@
 """Measuring one completion: wall time per stage (the engine's own timings), forward passes and tokens
 per stage (hooks on each model's first decoder layer), and peak memory per stage (a sampling thread).
 
-Why hooks on layer 0 rather than the model's forward: every path through the network, whether the
-CausalLM forward, the base model or a KV-cached partial pass, runs the first decoder layer exactly once,
-and its input's length is the number of positions that pass computed.
+Why hooks on layer 0's input norm rather than the model's forward: every path through the network, whether
+the CausalLM forward, the base model, a KV-cached partial pass or the runners' static-shape forward (which
+calls each layer's modules, not the layer), runs the first decoder layer's input norm exactly once, and
+its input's length is the number of positions that pass computed.
 
 A compiled engine (`Engine.compiled`: captured CUDA graphs) gets no hooks: a hook would force a recompile
 and never fires inside a graph replay. Its forward passes are the engine's own counts, positions unknown."""
@@ -78,14 +79,14 @@ class Sample:
 
 
 def first_layer(model: Any) -> torch.nn.Module:
+    """The module every forward pass runs once: decoder layer 0's input norm."""
     base = getattr(model, "model", model)
     layers = getattr(base, "layers", None)
-    if layers is not None and len(layers):
-        return layers[0]
-    for name, module in model.named_modules():
-        if name.endswith("layers.0"):
-            return module
-    raise ValueError(f"no decoder layer 0 in {type(model).__name__}: cannot count forward passes")
+    layer = layers[0] if layers is not None and len(layers) else next(
+        (module for name, module in model.named_modules() if name.endswith("layers.0")), None)
+    if layer is None:
+        raise ValueError(f"no decoder layer 0 in {type(model).__name__}: cannot count forward passes")
+    return getattr(layer, "input_layernorm", layer)
 
 
 class PassRecorder:

@@ -56,6 +56,9 @@ class EngineConfig:
     # leave the interpreter free, and Qwen's one-token steps leave the GPU's multiprocessors idle); auto:
     # on for CUDA; on: also on CPU, where it only serves tests
     overlap: str = "auto"
+    # device memory the captured graphs may hold: "auto" (half the memory free once the weights are
+    # loaded) or a number of MB; past it the least recently used graphs are evicted (CUDA only)
+    graph_memory: str | int = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the bad key; the server turns it into a message."""
@@ -81,6 +84,7 @@ class EngineConfig:
             ("dllmCacheRefresh", self.dllm_cache_refresh >= 0, ">= 0"),
             ("dllmStepsPerToken", self.dllm_steps_per_token is None or self.dllm_steps_per_token > 0, "> 0 or null"),
             ("profile", self.profile in PROFILES, f"one of {', '.join(PROFILES)}"),
+            ("graphMemory", graph_memory_ok(self.graph_memory), "auto or a number of MB >= 0"),
             ("dtype", self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
              "auto, float32, bfloat16 or float16"),
         ]
@@ -106,7 +110,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 # On a GPU a pass is launch-bound, not FLOP-bound: DualCache's eager partial passes save nothing there
 # (eval/BENCHMARKS.md, GPU section), while a full pass of static shape replays as one CUDA graph. A
 # compiled engine given dllm_cache_refresh > 0 replays DualCache's block passes as graphs too
-# (dual_cache.static_dual_cache_logits); unmeasured on a GPU, so not the default.
+# (dual_cache.static_dual_cache_pass); unmeasured on a GPU, so not the default.
 DEVICE_PROFILES: dict[tuple[str, str], dict[str, Any]] = {("editor", "cuda"): {"dllm_cache_refresh": 0}}
 
 
@@ -117,6 +121,20 @@ def effective(config: EngineConfig, device_type: str = "cpu") -> EngineConfig:
     options = PROFILES[config.profile] | DEVICE_PROFILES.get((config.profile, device_type), {})
     changes = {k: v for k, v in options.items() if getattr(config, k) == getattr(exact, k)}
     return dataclasses.replace(config, **changes)
+
+
+def graph_memory_ok(value: Any) -> bool:
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _graph_memory(text: str) -> str | int:
+    text = text.strip().lower()
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto or a number of MB") from None
 
 
 def compile_enabled(config: EngineConfig, device_type: str) -> bool:
@@ -177,6 +195,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    help="static-shape passes as CUDA graphs (torch.compile on CPU); auto: on for CUDA")
     g.add_argument("--overlap", choices=COMPILE_CHOICES, default=d.overlap,
                    help="with --compile: diffusion beside Qwen on a second thread and CUDA stream; auto: on for CUDA")
+    g.add_argument("--graph-memory", type=_graph_memory, default=d.graph_memory,
+                   help="device memory the CUDA graphs may hold: auto (half the memory free after the weights "
+                        "load) or a number of MB; the least recently used graphs are evicted past it")
 
 
 def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:
@@ -197,6 +218,10 @@ def config_from_settings(settings: dict[str, Any], base: EngineConfig) -> Engine
             value = tuple(int(v) for v in value)
         changes[name] = value
     for name, value in changes.items():
+        if name == "graph_memory":
+            if not graph_memory_ok(value):
+                raise ValueError(f"graphMemory must be auto or a number of MB >= 0, got {value!r}")
+            continue
         want = type(getattr(EngineConfig(), name))
         if value is not None and want in (int, float) and not isinstance(value, (int, float)):
             raise ValueError(f"{camel(name)} must be a number, got {value!r}")

@@ -7,14 +7,13 @@ attending to the cached keys. A refresh every step reproduces the exact path."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from .bidirectional import FinishFactory, RunPass, StaticPass
+from .diffusion import LogitsFn
 from .loading import LoadedModel, cache_kwarg, output_cache
-
-if TYPE_CHECKING:  # diffusion.py imports this module
-    from .diffusion import LogitsFn, StaticPass
+from .static_model import KVCache, StaticQwen2
 
 
 def _keep(cache, index: torch.Tensor | slice) -> None:
@@ -64,42 +63,43 @@ def dual_cache_logits(lm: LoadedModel, valid: torch.Tensor, hole: torch.Tensor, 
     return fn
 
 
-def static_dual_cache_logits(lm: LoadedModel, static: StaticPass, valid: torch.Tensor, hole: torch.Tensor,
-                             banned: list[int], refresh_every: int) -> LogitsFn:
-    """dual_cache_logits on the static path: a refresh and a block pass are one replayed graph each.
+def static_dual_cache_pass(net: StaticQwen2, run: RunPass, buffer: tuple[int, KVCache], valid: torch.Tensor,
+                           hole: torch.Tensor, refresh_every: int) -> StaticPass:
+    """dual_cache_logits on the static path (see bidirectional.StaticPass): a refresh and a block pass
+    are one replayed graph each.
 
-    The K/V of every column live in one buffer of the batch's width (kept on `static`, so graphs that
-    hold its address stay valid across requests). A refresh writes every slot; a block pass writes its
-    own columns' fresh keys into their slots before attending, so it sees the refresh's prefix/suffix
-    keys and its own current ones, as the eager version does; the next block pass or refresh
-    overwrites those slots before reading them. On a GPU a block pass's kernels are small (its few
-    query rows against the cached width) and leave most of the SMs to Qwen's decode stream."""
-    vocab = len(lm.tokenizer)
-    batch, width = valid.shape
+    `buffer` is (its number, a view of the batch's K/V buffer at this width), kept by the runner so
+    graphs that hold its address stay valid across requests; graph keys carry the number, so a refresh
+    graph and a block graph of one request never hold different buffers. A refresh writes every slot; a
+    block pass writes its own columns' fresh keys into their slots before attending, so it sees the
+    refresh's prefix/suffix keys and its own current ones, as the eager version does; the next block
+    pass or refresh overwrites those slots before reading them. On a GPU a block pass's kernels are
+    small (its few query rows against the cached width) and leave most of the SMs to Qwen's decode."""
+    number, cache = buffer
+    width = valid.size(1)
     b0, b1 = _block(hole)
-    buffer, cache = static.cache(batch, width)
-    all_slots = torch.arange(width, device=valid.device)
-    block_slots = torch.arange(b0, b1, device=valid.device)
+    dev = valid.device
+    all_slots = torch.arange(width, device=dev)
+    block_slots = torch.arange(b0, b1, device=dev)
     state = {"calls": 0}
 
-    def make():
-        banned_ids = torch.tensor(banned, device=valid.device)  # made here: no host copy inside a capture
+    def call(x: torch.Tensor, rows: torch.Tensor, uniform: torch.Tensor, finish_key: tuple,
+             finish: FinishFactory) -> tuple:
+        def make():
+            done = finish()
 
-        def logits(x: torch.Tensor, valid_: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor]:
-            # each query sees the valid keys and its own slot: a pad query's softmax is never empty
-            mask = valid_[:, None, None, :] | (torch.arange(width, device=x.device) == slots[:, None])
-            positions = slots.expand(x.size(0), -1)
-            out = static.net.forward(x, positions, mask, cache, write_at=slots, rows=rows)  # type: ignore[attr-defined]
-            return (out[..., :vocab].float().index_fill_(-1, banned_ids, -math.inf),)
-        return logits
+            def fn(x_: torch.Tensor, valid_: torch.Tensor, slots: torch.Tensor, rows_: torch.Tensor, u: torch.Tensor):
+                # each query sees the valid keys and its own slot: a pad query's softmax is never empty
+                mask = valid_[:, None, None, :] | (torch.arange(width, device=dev) == slots[:, None])
+                positions = slots.expand(x_.size(0), -1)
+                return done(net.forward(x_, positions, mask, cache, write_at=slots, rows=rows_), u)
+            return fn
 
-    def fn(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         refresh = state["calls"] % refresh_every == 0
         state["calls"] += 1
-        with torch.inference_mode():
-            if refresh:
-                return static.graphs.run(("dllm_full", buffer), make, [x, valid, all_slots, rows])[0]
-            # the block's columns are an input, not part of the graph: one graph per block width
-            return static.graphs.run(("dllm_block", buffer), make, [x[:, b0:b1], valid, block_slots, rows - b0])[0]
+        if refresh:
+            return run(("dual_full", number, *finish_key), make, [x, valid, all_slots, rows, uniform])
+        # the block's columns are an input, not part of the graph: one graph per block width
+        return run(("dual_block", number, *finish_key), make, [x[:, b0:b1], valid, block_slots, rows - b0, uniform])
 
-    return fn
+    return call

@@ -102,6 +102,18 @@ def load_model(name: str, role: str, device: torch.device, dtype: torch.dtype) -
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=device, dtype=dtype)
 
 
+def quiet_transformers() -> None:
+    """No progress bars or warnings from transformers in a tool's output (the bench, the selfcheck)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def cache_kwarg(model: Any) -> str:
     """transformers renamed the forward's past_key_values to cache during 5.x; accept both."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -48,6 +48,17 @@ def _greedy_nucleus(logits: torch.Tensor, top_p: float, confidence: str) -> tupl
     return conf, top.indices[..., 0]
 
 
+def _confidence(probs: torch.Tensor, chosen: torch.Tensor, kind: str) -> torch.Tensor:
+    """The confidence of a sample: the chosen token's probability ("prob"), the top-1 minus top-2
+    probability ("margin") or sum p log p ("neg_entropy")."""
+    if kind == "margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    if kind == "neg_entropy":
+        return torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return chosen
+
+
 def sample_tokens(
     logits: torch.Tensor,
     temperature: float,
@@ -75,12 +86,7 @@ def sample_tokens(
         conf = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
     else:
         conf, tokens = probs.max(dim=-1)
-    if confidence == "margin":
-        top2 = torch.topk(probs, 2, dim=-1).values
-        conf = top2[..., 0] - top2[..., 1]
-    elif confidence == "neg_entropy":
-        conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
-    return conf, tokens
+    return _confidence(probs, conf, confidence), tokens
 
 
 def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperature: float,
@@ -94,3 +100,27 @@ def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperat
     logits = filter_logits(logits / temperature, top_p, top_k)
     gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
     return (logits + gumbel).argmax(dim=-1)
+
+
+def sample_with_uniform(logits: torch.Tensor, uniform: torch.Tensor, temperature: float,
+                        top_p: float | None = None, top_k: int | None = None,
+                        confidence: str = "prob") -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_tokens` with its draws given as one uniform number per row (`uniform`, shaped like
+    logits without the last axis), inverting the filtered distribution's CDF: the same distribution
+    as the multinomial draw, with no host synchronisation and no generator inside, so it runs inside
+    a captured CUDA graph, and with only [...]-shaped outputs. Temperature 0 (uniform unused) takes
+    the argmax of the filtered probabilities, as sample_tokens does."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    probs = torch.softmax(filter_logits(logits, top_p, top_k), dim=-1)
+    if temperature > 0:
+        cum = probs.cumsum(-1)
+        tokens = (cum <= (uniform * cum[..., -1])[..., None]).sum(-1)
+        # never past the last token with any mass (rounding can put the draw at the very end)
+        last = probs.size(-1) - 1 - (probs.flip(-1) > 0).long().argmax(-1)
+        tokens = torch.minimum(tokens, last)
+        conf = probs.gather(-1, tokens[..., None])[..., 0]
+    else:
+        conf, tokens = probs.max(dim=-1)
+    return _confidence(probs, conf, confidence), tokens

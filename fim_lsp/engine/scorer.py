@@ -7,17 +7,19 @@ PPL(C | X) = exp(-(1/n) * sum_i log P(c_i | c_<i, X)) over the n scored tokens.
 - `plain` (the seed's): `P C S` as plain text, completion tokens only. An empty completion has no
   tokens: its perplexity is +inf and it never wins. With an empty prefix the first completion token
   has no context (Qwen has no BOS) and is not scored.
-Segments are tokenized on their own and concatenated, so the completion's span is exact."""
+Segments are tokenized on their own and concatenated, so the completion's span is exact.
+
+This is the full-pass scorer (the exact path's, and the reference of the scoring on Qwen's cached
+prompt, which is `QwenRunner.score`)."""
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .ar_fim import PromptState, fim_ids
-from .loading import LoadedModel, cache_kwarg, encode, special_id
+from .ar_fim import fim_ids
+from .loading import LoadedModel, encode, special_id
 from .results import Score
 
 
@@ -26,13 +28,16 @@ class ScoreItem:
     prefix: str
     suffix: str
     completion: str
+    # fim mode: the complete FIM prompt ids the generators got (every candidate is scored under the same
+    # prompt); None: built here from prefix and suffix. plain mode always uses prefix and suffix.
+    prompt: list[int] | None = None
 
 
 def build(tokenizer, item: ScoreItem, mode: str) -> tuple[list[int], int, int]:
     """Ids and the [start, end) span of the scored tokens."""
     comp = encode(tokenizer, item.completion)
     if mode == "fim":
-        ctx = fim_ids(tokenizer, item.prefix, item.suffix)
+        ctx = item.prompt if item.prompt is not None else fim_ids(tokenizer, item.prefix, item.suffix)
         eos = special_id(tokenizer, "<|endoftext|>")
         ids = ctx + comp + [eos]
         return ids, len(ctx), len(ids)
@@ -77,36 +82,3 @@ def score_from_logprobs(token_logprobs: list[float]) -> Score:
     mean = sum(token_logprobs) / len(token_logprobs)
     return Score(perplexity=math.exp(-mean), mean_logprob=mean, tokens=len(token_logprobs),
                  token_logprobs=token_logprobs)
-
-
-def score_on_prompt(lm: LoadedModel, prompt: PromptState, items: list[tuple[int, str]]) -> list[Score]:
-    """fim-mode scores of (prompt row, completion) pairs on the prompts' cached keys: one pass over
-    the completions' own tokens instead of over the whole context. Equal to score_batch in fim mode
-    up to float rounding."""
-    if not items:
-        return []
-    eos = special_id(lm.tokenizer, "<|endoftext|>")
-    conts = [encode(lm.tokenizer, text) + [eos] for _, text in items]
-    rows = torch.tensor([r for r, _ in items], device=lm.device)
-    width = max(len(c) for c in conts)
-    x = torch.full((len(conts), width), eos, dtype=torch.long, device=lm.device)
-    cont_attn = torch.zeros_like(x)
-    for b, c in enumerate(conts):
-        x[b, : len(c)] = torch.tensor(c, device=lm.device)
-        cont_attn[b, : len(c)] = 1
-    prompt_attn = prompt.attn[rows]
-    positions = prompt_attn.sum(-1, keepdim=True) + torch.arange(width, device=lm.device)
-    cache = copy.copy(prompt.cache)  # a shallow copy: the layers below get new tensors, not edits
-    cache.layers = [copy.copy(layer) for layer in prompt.cache.layers]
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
-    with torch.inference_mode():
-        out = lm.model(input_ids=x, attention_mask=torch.cat([prompt_attn, cont_attn], dim=1),
-                       position_ids=positions, use_cache=True, **{cache_kwarg(lm.model): cache})
-        logp = torch.log_softmax(out.logits.float(), dim=-1)
-    scores = []
-    for b, c in enumerate(conts):
-        first = float(prompt.first_logprobs[rows[b], c[0]])
-        rest = logp[b, : len(c) - 1].gather(-1, torch.tensor(c[1:], device=lm.device)[:, None]).squeeze(-1)
-        scores.append(score_from_logprobs([first, *rest.tolist()]))
-    return scores

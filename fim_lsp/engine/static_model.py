@@ -69,15 +69,23 @@ class StaticQwen2:
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 cache: KVCache | None = None, write_at: torch.Tensor | None = None,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, R, V] at sequence rows `rows` (all rows when None).
+                rows: torch.Tensor | None = None, kv_len: int | None = None,
+                prefix: tuple[KVCache, torch.Tensor, int] | None = None) -> torch.Tensor:
+        """Logits [B, R, V] at sequence rows `rows` ([R] for every batch row alike, [B, R] per row;
+        all rows when None).
 
-        ids, positions: [B, T]. mask: bool [B, 1, T, K], True = attend, K = T without a cache, else
-        the cache's length. With a cache, this pass's keys are written at cache slots `write_at` [T]
-        first, so the mask must let each query see its own slot."""
+        ids, positions: [B, T]. mask: bool [B, 1, T, K], True = attend. The keys are, in order:
+        - with `cache`: this pass's keys are first written at cache slots `write_at` ([T], or [B, T]
+          per row), then the first `kv_len` slots (default: all) are attended, so the mask must let
+          each query see its own slot; K = kv_len;
+        - with `prefix` = (cache, batch rows [B], W): that cache's first W slots of the given rows,
+          read and never written, then this pass's own keys; K = W + T;
+        - else this pass's own keys; K = T."""
         b, t = ids.shape
         x = self.embed(ids)
         cos, sin = self._rope(positions)
+        if write_at is not None and write_at.dim() == 2:  # per-row slots: a scatter along the slot axis
+            index = write_at[:, None, :, None].expand(b, self.kv_heads, t, self.head_dim)
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -87,15 +95,27 @@ class StaticQwen2:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             if cache is not None:
-                cache.keys[i].index_copy_(2, write_at, k)
-                cache.values[i].index_copy_(2, write_at, v)
+                if write_at.dim() == 2:
+                    cache.keys[i].scatter_(2, index, k)
+                    cache.values[i].scatter_(2, index, v)
+                else:
+                    cache.keys[i].index_copy_(2, write_at, k)
+                    cache.values[i].index_copy_(2, write_at, v)
                 k, v = cache.keys[i], cache.values[i]
+                if kv_len is not None and kv_len < k.size(2):
+                    k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+            elif prefix is not None:
+                held, batch_rows, width = prefix
+                k = torch.cat([held.keys[i][batch_rows, :, :width], k], dim=2)
+                v = torch.cat([held.values[i][batch_rows, :, :width], v], dim=2)
             if self.kv_heads != self.heads:  # repeated, as transformers does with a mask: sdpa's fused
                 k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)  # kernels take no GQA with one
                 v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        if rows is not None:
+        if rows is not None and rows.dim() == 2:
+            x = x.gather(1, rows[:, :, None].expand(-1, -1, x.size(-1)))
+        elif rows is not None:
             x = x.index_select(1, rows)
         return self.head(self.norm(x))

@@ -105,7 +105,7 @@ def register(ls: FimLanguageServer) -> None:
         if last is None or last.uri != params.text_document.uri or params.position.line != last.ctx.line:
             return None
         return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown,
-                                                        value=candidates_markdown(last)))
+                                                        value=candidates_markdown(last, ls.engine.graph_stats())))
 
     @ls.command(CMD_SHOW)
     @guarded(lambda: None)
@@ -118,7 +118,7 @@ def register(ls: FimLanguageServer) -> None:
         out = ls.stats.to_dict()
         out.update({"state": ls.loader.state, "models": ls.engine.available,
                     "loadErrors": dict(ls.engine.load_errors), "cacheEntries": len(ls.cache),
-                    "workerBusy": ls.worker.busy})
+                    "workerBusy": ls.worker.busy, "graphs": ls.engine.graph_stats()})
         return out
 
     @ls.command(CMD_ACCEPTED)

@@ -20,7 +20,18 @@ def _fence(text: str) -> str:
     return f"{ticks}\n{text}\n{ticks}"
 
 
-def candidates_markdown(offer: Offer) -> str:
+def graphs_line(graphs: dict[str, Any]) -> str:
+    """Where the model passes run: captured CUDA graphs (count, memory, budget), or the eager path."""
+    static = [name for name, on in graphs.get("static", {}).items() if on]
+    if not static:
+        return "**model passes:** eager (no CUDA graphs)"
+    if graphs.get("budgetBytes") is None:  # CPU: static shapes, the decode step torch.compile'd
+        return f"**model passes:** static path ({', '.join(static)}): {graphs['count']} static-shape passes"
+    return (f"**model passes:** static path ({', '.join(static)}): {graphs['count']} CUDA graphs, "
+            f"{graphs['bytes'] / 2**20:.0f} MB of {graphs['budgetBytes'] / 2**20:.0f} MB (graphMemory)")
+
+
+def candidates_markdown(offer: Offer, graphs: dict[str, Any] | None = None) -> str:
     comp = offer.completion
     winner = comp.winner
     lines = ["### fim-lsp candidates", ""]
@@ -45,7 +56,10 @@ def candidates_markdown(offer: Offer) -> str:
         lines.append("")
     stages = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in comp.timings.items())
     lines.append(f"**timings:** {stages}; request {offer.latency_ms:.0f} ms")
-    for note in comp.notes:
+    shown = list(graphs.get("fallbacks", {}).values()) if graphs is not None else []
+    if graphs is not None:
+        lines.append(graphs_line(graphs))
+    for note in [*shown, *(n for n in comp.notes if n not in shown)]:
         lines.append(f"_{note}_")
     return "\n".join(lines)
 

@@ -70,18 +70,21 @@ class ModelLoader:
             if report is not None:
                 loop.call_soon_threadsafe(report, message)
 
+        def messages() -> list[str]:  # models that did not load; static paths that fell back to eager
+            return [*engine.load_errors.values(), *engine.fallbacks.values()]
+
         def work(_cancel: CancelCheck) -> tuple[list[str], str | None]:
             try:
                 if new_config is None or engine.reconfigure(new_config) or not engine.loaded:
                     engine.load(on_progress=progress)
-                return list(engine.load_errors.values()), None
+                return messages(), None
             except Exception as err:  # noqa: BLE001 - reported below, with the old models back
                 if previous is None:
                     raise
                 log.warning("reload failed (%s); loading the previous models again", err)
                 engine.reconfigure(previous)
                 engine.load(on_progress=progress)
-                return list(engine.load_errors.values()), _describe_error(err)
+                return messages(), _describe_error(err)
 
         failure = kept = None
         errors: list[str] = []

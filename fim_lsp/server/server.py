@@ -40,7 +40,7 @@ class FimLanguageServer(LanguageServer):
         super().__init__("fim-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
                          protocol_cls=FimProtocol)
         self.settings = settings
-        self.engine = Engine(config, notify=lambda msg: log.warning("%s", msg))
+        self.engine = Engine(config, notify=self._engine_notice)
         self.cache = CompletionCache(settings.cache_size)
         self.stats = Stats()
         self.worker = ModelWorker()
@@ -50,6 +50,17 @@ class FimLanguageServer(LanguageServer):
         self.log_handler: LspLogHandler = setup_logging(log_level, self)
         self.exit_code = 0  # 1 when the client sends `exit` without `shutdown` first (LSP rule)
         self._reported: set[str] = set()
+
+    def _engine_notice(self, message: str) -> None:
+        """The engine's own messages (a model that did not load, a fallback to the eager path), from
+        the model thread. During a load the loader shows them with its outcome; later, shown at once."""
+        log.warning("%s", message)
+        loop = self.worker.loop
+        if loop is not None and self.loader.state == "ready":
+            try:
+                loop.call_soon_threadsafe(self.report_once, f"fim-lsp: {message}")
+            except RuntimeError:
+                pass  # the event loop is closed: the server is exiting
 
     def notify(self, method: str, params: Any) -> None:
         try:

@@ -30,6 +30,7 @@ export const SERVER_DEFAULTS = {
   profile: "editor",
   compile: "auto",
   overlap: "auto",
+  graphMemory: "auto" as string | number,
   enabled: true,
   prefixLines: 64,
   suffixLines: 16,
@@ -108,6 +109,9 @@ function normalize(key: ServerKey, value: unknown): unknown {
   if (Array.isArray(def)) {
     const ok = Array.isArray(value) && value.length > 0 && value.every((v) => Number.isInteger(v) && v > 0);
     return ok ? [...(value as number[])] : [...def];
+  }
+  if (key === "graphMemory") {
+    return value === "auto" || (Number.isInteger(value) && (value as number) >= 0) ? value : def;
   }
   if (key === "dllmCacheRefresh") {
     return Number.isInteger(value) && (value as number) >= 0 ? value : def;

@@ -21,7 +21,17 @@ describe("toServerSettings", () => {
   it("sends every server key with its default when nothing is set", () => {
     const s = toServerSettings(reader({}));
     assert.deepEqual(s, SERVER_DEFAULTS);
-    assert.equal(SERVER_KEYS.length, 37);
+    assert.equal(SERVER_KEYS.length, 38);
+  });
+
+  it("takes graphMemory as auto or a whole number of MB, else the default", () => {
+    const g = (v: unknown) => toServerSettings(reader({ graphMemory: v })).graphMemory;
+    assert.equal(g("auto"), "auto");
+    assert.equal(g(512), 512);
+    assert.equal(g(0), 0);
+    for (const bad of [-1, 1.5, "lots", "", true, null]) {
+      assert.equal(g(bad), "auto", String(bad));
+    }
   });
 
   it("passes user values through and leaves client-only keys out", () => {
