@@ -103,7 +103,7 @@ class ContextGatherer:
                        (s.context_open_files, self._open_files),
                        (s.context_same_file, self._same_file))
             for on, source in sources:
-                if on and time.perf_counter() < stop:
+                if on:
                     found.extend(source(cursor, place, lines, line, query, open_docs, stop))
             chunks = self._in_order(self._choose(found))
         return ProjectContext(repo=place.root.name, path=place.relative, chunks=chunks)
@@ -116,7 +116,7 @@ class ContextGatherer:
         out: list[_Candidate] = []
         names = 0
         for name in self._names(lines, line):
-            if names >= MAX_DEFINITIONS or time.perf_counter() > stop:
+            if names >= MAX_DEFINITIONS:
                 break
             found = self.index.lookup(name)
             if not found or len(found) > MAX_SAME_NAME:
@@ -174,18 +174,26 @@ class ContextGatherer:
 
     def _open_files(self, cursor: Cursor, here: Place, lines: list[str], line: int, query: frozenset[str],
                     open_docs: Mapping[Path, str], stop: float) -> list[_Candidate]:
+        """Scoring chunks already cut is cheap and always done; cutting a document that is new or changed
+        waits for the next request once the deadline has passed (one is cut per request regardless, so
+        a short deadline still makes progress)."""
         out: list[_Candidate] = []
         for gone in self._doc_chunks.keys() - open_docs.keys():
             del self._doc_chunks[gone]
+        cut = 0
         for path, text in open_docs.items():
             if path == cursor.path:
                 continue
-            if time.perf_counter() > stop:
-                break
             where = self.privacy.place(path)
             if where is None or where == here or self.privacy.text_refusal(text) is not None:
                 continue
-            for lo, hi, chunk in self._chunks_of(path, text):
+            chunks = self._cached_chunks(path, text)
+            if chunks is None:
+                if cut and time.perf_counter() > stop:
+                    continue  # missed the deadline: cut by a later request
+                chunks = self._cut(path, text)
+                cut += 1
+            for lo, hi, chunk in chunks:
                 words = self._words(chunk)
                 similarity = jaccard(query, words)
                 if similarity > 0:
@@ -199,6 +207,8 @@ class ContextGatherer:
         first, last = cursor.window
         size = self.settings.context_chunk_lines
         for start in range(0, len(lines), size):
+            if time.perf_counter() > stop:
+                break  # the current file changes with every key: nothing of it is kept for later
             for lo, hi in ((start, min(start + size, len(lines), first)), (max(start, last), min(start + size, len(lines)))):
                 if hi <= lo:
                     continue
@@ -210,23 +220,23 @@ class ContextGatherer:
                 if similarity > 0:
                     out.append(_Candidate(("same-file", here, lo), here, lo, hi, chunk, "same-file",
                                           1.0 + similarity, words))
-            if time.perf_counter() > stop:
-                break
         return out
 
-    def _chunks_of(self, path: Path, text: str) -> list[tuple[int, int, str]]:
-        """An open document's chunks: `context_chunk_lines` lines each, at fixed line numbers so the same
-        chunk keeps its place from request to request; blank and minified ones left out. Cached until
-        the document's text changes."""
+    def _cached_chunks(self, path: Path, text: str) -> list[tuple[int, int, str]] | None:
         held = self._doc_chunks.get(path)
-        if held is not None and held[0] is text or held is not None and held[0] == text:
-            return held[1]
+        return held[1] if held is not None and (held[0] is text or held[0] == text) else None
+
+    def _cut(self, path: Path, text: str) -> list[tuple[int, int, str]]:
+        """An open document's chunks: `context_chunk_lines` lines each, at fixed line numbers so the same
+        chunk keeps its place from request to request; blank and minified ones left out. Kept until the
+        document's text changes, with each chunk's identifiers."""
         lines, size = _lines(text), self.settings.context_chunk_lines
         chunks = []
         for lo in range(0, len(lines), size):
             chunk = "\n".join(lines[lo:lo + size])
             if chunk.strip() and len(chunk) <= size * MAX_LINE_CHARS:
                 chunks.append((lo, min(lo + size, len(lines)), chunk))
+                self._words(chunk)
         self._doc_chunks[path] = (text, chunks)
         return chunks
 
