@@ -63,9 +63,11 @@ def _java() -> Any:
 _JS_DEFS = frozenset({"function_declaration", "generator_function_declaration", "class_declaration",
                       "abstract_class_declaration", "method_definition", "interface_declaration",
                       "type_alias_declaration", "enum_declaration", "variable_declarator",
-                      "public_field_definition", "field_definition", "function_signature"})
+                      "public_field_definition", "field_definition", "function_signature", "method_signature",
+                      "abstract_method_signature", "property_signature"})
 _JS_DESCEND = frozenset({"program", "export_statement", "class_declaration", "abstract_class_declaration",
-                         "class_body", "lexical_declaration", "variable_declaration", "ambient_declaration"})
+                         "class_body", "lexical_declaration", "variable_declaration", "ambient_declaration",
+                         "interface_declaration", "interface_body", "object_type"})
 GRAMMARS = {
     "python": Grammar(_python, frozenset({"function_definition", "class_definition", "assignment"}),
                       frozenset({"module", "decorated_definition", "class_definition", "block", "if_statement",
@@ -185,5 +187,7 @@ def _fallback(lines: list[str]) -> list[Definition]:
                 end += 1 if stripped.startswith(_ENDERS) else 0
                 break
             end += 1
+        while end > i + 1 and not lines[end - 1].strip():
+            end -= 1  # blank lines before the next definition, or at the end of the file
         found.append(Definition(match["name"], "pattern", i, end, _snippet(lines, i, end)))
     return found

@@ -33,7 +33,9 @@ class EditTracker:
         replaced by `new_text`."""
         added = new_text.count("\n")
         delta = added - (end_line - start_line)
-        lo, hi = start_line, start_line + added + 1  # the new text's lines
+        # the new text's lines; one that ends with a line break ends at the start of the next line,
+        # which it leaves as it was
+        lo, hi = start_line, start_line + added + (0 if added and new_text.endswith("\n") else 1)
 
         def moved(line: int) -> int | None:
             """Where a line of the old text is now; None inside the replaced span."""
