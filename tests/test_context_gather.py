@@ -168,3 +168,20 @@ def test_off_switch_and_refused_cursor_file(tmp_path: Path) -> None:
     assert on.gather(Cursor(tmp_path / ".env.local", CURSOR, 2), docs) is None
     assert on.gather(Cursor(tmp_path.parent / "elsewhere.py", CURSOR, 2), docs) is None
     assert on.gather(Cursor(tmp_path / "main.py", CURSOR, 2), docs) is not None
+
+
+def test_readme_documents_every_context_setting_with_its_default() -> None:
+    import dataclasses
+    import json
+    import re
+
+    from fim_lsp.engine.config import camel
+    from fim_lsp.engine.requests import BUDGET_SETTINGS, PromptBudget
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", text, flags=re.M))
+    want = {camel(f.name): f.default for f in dataclasses.fields(ContextSettings)}
+    want |= {BUDGET_SETTINGS[f.name]: f.default for f in dataclasses.fields(PromptBudget)}
+    for key, default in want.items():
+        assert key in rows, f"{key} is not documented"
+        assert json.loads(rows[key]) == (list(default) if isinstance(default, tuple) else default), key

@@ -8,7 +8,7 @@ import pytest
 
 from fim_lsp.context import ContextGatherer, ContextSettings, Cursor, DefinitionIndex, EditTracker, Privacy
 from fim_lsp.engine.ar_fim import fim_ids
-from fim_lsp.engine.prompt import CHARS_PER_TOKEN, clip_text, dllm_prompt, qwen_prompt
+from fim_lsp.engine.prompt import CHARS_PER_TOKEN, SegmentCache, clip_text, dllm_prompt, qwen_prompt
 from fim_lsp.engine.requests import DLLM_MAX_TOKENS, ContextChunk, ProjectContext, PromptBudget
 
 # REFERENCE.md section 1, written out rather than looked up, so a wrong token is caught
@@ -146,9 +146,13 @@ def test_adding_a_chunk_only_appends_tokens(tok, tmp_path: Path) -> None:
     gatherer = ContextGatherer(Privacy([root]), EditTracker())
     budget = PromptBudget()
 
+    cache = SegmentCache(tok)
+
     def keystroke(text: str, docs: dict) -> object:
         context = gatherer.gather(Cursor(main, text, text.count("\n"), (0, text.count("\n") + 1)), docs)
-        return qwen_prompt(tok, text, "\n", context, budget)
+        prompt = qwen_prompt(tok, text, "\n", context, budget, cache)
+        assert prompt.ids == qwen_prompt(tok, text, "\n", context, budget).ids  # the cache changes no id
+        return prompt
 
     first = keystroke(doc, {main: doc, other: other_text})
     second = keystroke(doc + "yi", {main: doc + "yi", other: other_text, third: third_text})

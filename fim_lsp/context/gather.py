@@ -34,13 +34,13 @@ from .similarity import WordCache, identifiers, jaccard
 
 QUERY_BEFORE, QUERY_AFTER = 16, 8  # the cursor's text: the lines chunks are compared with
 MAX_NAMES = 128  # names looked up per request
-MAX_DEFINITIONS = 8
+MAX_DEFINITIONS = 16  # names whose definitions are taken (eval/BENCHMARKS.md: 8 found fewer)
 MAX_SAME_NAME = 4  # a name defined in more places than this is too ambiguous to guess
 EDIT_PAD = 2  # lines kept around an edited range
 NEAR_DUPLICATE = 0.9
 MAX_LINE_CHARS = 300  # a chunk longer than chunk_lines lines of this is minified or generated
-IMPORT_LINE = re.compile(r"^\s*(?:import|from|export\s+\{|export\s+\*|using|use|require|#include|package)\b"
-                         r"|\brequire\s*\(")
+IMPORT_LINES = re.compile(r"^[ \t]*(?:(?:import|from|using|use|package)\b|#include|export[ \t]+[{*]"
+                          r"|(?:const|let|var)\b[^=\n]*=[ \t]*require[ \t]*\()[^\n]*", re.M)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class ContextGatherer:
         assert self.index is not None
         out: list[_Candidate] = []
         names = 0
-        for name in self._names(lines, line):
+        for name in self._names(cursor.text, lines, line):
             if names >= MAX_DEFINITIONS:
                 break
             found = self.index.lookup(name)
@@ -138,16 +138,15 @@ class ContextGatherer:
                 names += 1
         return out
 
-    def _names(self, lines: list[str], line: int) -> list[str]:
+    def _names(self, text: str, lines: list[str], line: int) -> list[str]:
         """Identifiers by distance from the cursor's line, then those on the file's import lines."""
         order: dict[str, None] = {}
         for d in range(QUERY_BEFORE + 1):
             for i in ((line,) if d == 0 else (line - d, line + d) if d <= QUERY_AFTER else (line - d,)):
                 if 0 <= i < len(lines):
                     order.update(dict.fromkeys(identifiers(lines[i]) - order.keys()))
-        for text in lines[:2000]:
-            if IMPORT_LINE.search(text):
-                order.update(dict.fromkeys(w for w in identifiers(text) if w not in order))
+        for match in IMPORT_LINES.finditer(text):
+            order.update(dict.fromkeys(w for w in identifiers(match.group()) if w not in order))
         return list(order)[:MAX_NAMES]
 
     def _edited(self, cursor: Cursor, here: Place, lines: list[str], line: int, query: frozenset[str],

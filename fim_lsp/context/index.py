@@ -144,6 +144,7 @@ class DefinitionIndex:
         """A file was saved, created or changed on disk: index it again (or drop it when it is no
         longer allowed or no longer there). An ignore file changing re-reads the ignore rules."""
         path = Path(path).absolute()
+        self.privacy.forget(path)
         if path.name == ".gitignore" or path.parts[-3:] == (".git", "info", "exclude"):
             self.privacy.forget_ignores()
             return
@@ -156,6 +157,7 @@ class DefinitionIndex:
 
     def remove(self, path: Path | str) -> None:
         path = Path(path).absolute()
+        self.privacy.forget(path)
         with self._lock:
             if self._building:
                 self._touched.add(path)

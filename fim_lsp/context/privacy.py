@@ -32,6 +32,7 @@ SECRET_PATTERNS = (
 )
 BINARY_PROBE = 8192  # bytes searched for a NUL, as git does
 DEFAULT_MAX_FILE_BYTES = 1_000_000
+PLACES_KEPT = 65_536  # paths whose answer is kept; past it the cache starts again
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Place:
 class Privacy:
     """Answers "may this path, and this text, reach a prompt?" for one set of workspace folders.
 
-    The `.gitignore` files are read on first use and kept; call `forget_ignores()` when one changes.
+    The `.gitignore` files are read on first use and kept, and so is each path's answer: call
+    `forget_ignores()` when an ignore file changes and `forget(path)` when a file does.
     Thread-safe: the index builds in the background while requests ask."""
 
     def __init__(self, roots: Iterable[Path | str], exclude: Sequence[str] = (),
@@ -57,14 +59,31 @@ class Privacy:
         self._exclude = pathspec.GitIgnoreSpec.from_lines(list(exclude))
         self._specs: dict[Path, pathspec.GitIgnoreSpec | None] = {}
         self._dirs: dict[tuple[Path, str], str | None] = {}  # (root, folder) -> refusal
+        self._places: dict[str, Place | None] = {}
         self._lock = threading.Lock()
 
     # -- paths ---------------------------------------------------------------------------------
 
     def place(self, path: Path | str) -> Place | None:
-        """The path's workspace folder and relative path, when it may reach a prompt; else None."""
+        """The path's workspace folder and relative path, when it may reach a prompt; else None.
+        Kept per path until `forget(path)` or `forget_ignores()`: resolving a path costs system calls,
+        and every definition and document of every request asks."""
+        key = str(path)
+        with self._lock:
+            if key in self._places:
+                return self._places[key]
         found = self._locate(path)
-        return found if found is not None and self._refusal(found, is_dir=False) is None else None
+        answer = found if found is not None and self._refusal(found, is_dir=False) is None else None
+        with self._lock:
+            if len(self._places) >= PLACES_KEPT:
+                self._places.clear()
+            self._places[key] = answer
+        return answer
+
+    def forget(self, path: Path | str) -> None:
+        """The file was created, changed or deleted (it may be a symlink now): ask again next time."""
+        with self._lock:
+            self._places.pop(str(path), None)
 
     def allows(self, path: Path | str) -> bool:
         return self.place(path) is not None
@@ -159,12 +178,15 @@ class Privacy:
         with self._lock:
             self._specs.clear()
             self._dirs.clear()
+            self._places.clear()
 
     # -- text ----------------------------------------------------------------------------------
 
     def text_refusal(self, text: str) -> str | None:
         """Why a text (an open document's) may not reach a prompt, or None."""
-        if len(text) > self.max_file_bytes or len(text.encode("utf-8", "surrogatepass")) > self.max_file_bytes:
+        # a character is at most 4 bytes: only a text that may be over the cap is encoded to know
+        if len(text) > self.max_file_bytes or len(text) * 4 > self.max_file_bytes \
+                and len(text.encode("utf-8", "surrogatepass")) > self.max_file_bytes:
             return f"over {self.max_file_bytes} bytes"
         if "\x00" in text[:BINARY_PROBE]:
             return "binary"
@@ -181,9 +203,7 @@ class Privacy:
             return None
         try:
             with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size > self.max_file_bytes:
-                    return None
-                data = f.read(self.max_file_bytes + 1)
+                data = f.read(self.max_file_bytes + 1)  # one byte more than the cap says it is over
         except OSError:
             return None
         if len(data) > self.max_file_bytes or b"\x00" in data[:BINARY_PROBE]:

@@ -19,7 +19,7 @@ class ContextSettings:
     context_exclude: tuple[str, ...] = ()  # gitignore-style globs, relative to each workspace folder
     context_max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger files are never read or sent
     context_chunk_lines: int = 32  # lines per chunk of an open document
-    context_max_chunks: int = 16  # chunks gathered per request (the token budget may keep fewer)
+    context_max_chunks: int = 24  # chunks gathered per request (the token budget may keep fewer)
     context_deadline_ms: int = 30  # gathering stops here; what it skipped is cached for the next request
     index_max_files: int = IndexBounds.max_files
     index_max_read_bytes: int = IndexBounds.max_read_bytes

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# two characters at least: one-letter names say little about a text
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
 
 
 def identifiers(text: str) -> frozenset[str]:
-    """The distinct identifiers of a text, one-letter names left out (they say little about it)."""
-    return frozenset(w for w in IDENTIFIER.findall(text) if len(w) > 1)
+    """The distinct identifiers of a text, one-letter names left out."""
+    return frozenset(IDENTIFIER.findall(text))
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:

@@ -16,7 +16,9 @@ does not fit. Text is cut to a bounded window of characters before it is tokeniz
 costs no more than an ordinary one."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
@@ -49,13 +51,19 @@ class UsedChunk:
 @dataclass(frozen=True)
 class QwenPrompt:
     ids: list[int]
-    text: str  # the decoded text of exactly `ids`, special tokens included
     chunks: tuple[UsedChunk, ...]  # in prompt order
     prefix: str  # the local window that went in, after the cuts
     suffix: str
     # ids[:context_tokens] is the part before the current file: the same from keystroke to keystroke
     # while the chunks stay, so its KV cache can be kept
     context_tokens: int
+    tokenizer: Any = field(repr=False, compare=False)
+
+    @cached_property
+    def text(self) -> str:
+        """The decoded text of exactly `ids`, special tokens included (decoded when first asked: a
+        prompt of thousands of tokens takes milliseconds, and only fimLsp.showPrompt reads it)."""
+        return _decode(self.tokenizer, self.ids)
 
 
 @dataclass(frozen=True)
@@ -64,15 +72,43 @@ class DllmPrompt:
 
     prefix_ids: list[int]
     suffix_ids: list[int]
-    prefix_text: str  # the decoded text of exactly prefix_ids (the context chunks first)
-    suffix_text: str
     chunks: tuple[UsedChunk, ...]
     prefix: str  # the local window that went in, after the cuts
     suffix: str
+    tokenizer: Any = field(repr=False, compare=False)
+
+    @cached_property
+    def prefix_text(self) -> str:
+        """The decoded text of exactly prefix_ids (the context chunks first)."""
+        return _decode(self.tokenizer, self.prefix_ids)
+
+    @cached_property
+    def suffix_text(self) -> str:
+        return _decode(self.tokenizer, self.suffix_ids)
 
     def text(self, hole: str) -> str:
         """The whole prompt as text, `hole` standing for the masks."""
         return self.prefix_text + hole + self.suffix_text
+
+
+class SegmentCache:
+    """Ids of the context's segments (a chunk with its header, the repo and path lines) from earlier
+    prompts, so the chunks that stay from keystroke to keystroke are not tokenized again. The caller
+    owns it (one per tokenizer); bounded, the least recently used segment goes first."""
+
+    def __init__(self, tokenizer: Any, size: int = 1024) -> None:
+        self.tokenizer, self.size = tokenizer, size
+        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            ids = self._ids[text] = encode(self.tokenizer, text)
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+        else:
+            self._ids.move_to_end(text)
+        return ids
 
 
 def clip_text(tokenizer: Any, text: str, max_tokens: int, keep_end: bool) -> str:
@@ -164,7 +200,7 @@ def _select(chunks: Sequence[ContextChunk], pieces: Sequence[list[int] | None], 
     return sorted(kept)
 
 
-def _pieces(tokenizer: Any, chunks: Sequence[ContextChunk], room: int, head: Any) -> list[list[int] | None]:
+def _pieces(segment: SegmentCache, chunks: Sequence[ContextChunk], room: int, head: Any) -> list[list[int] | None]:
     """Each chunk's ids: `head(chunk)` is (ids before the text, text). A chunk too long to fit in
     `room` by its length alone is never tokenized (None)."""
     pieces: list[list[int] | None] = []
@@ -173,7 +209,7 @@ def _pieces(tokenizer: Any, chunks: Sequence[ContextChunk], room: int, head: Any
             pieces.append(None)
             continue
         lead, text = head(chunk)
-        pieces.append(lead + encode(tokenizer, text))
+        pieces.append(lead + segment(text))
     return pieces
 
 
@@ -182,10 +218,11 @@ def _content(text: str) -> str:
 
 
 def qwen_prompt(tokenizer: Any, prefix: str, suffix: str, context: ProjectContext | None = None,
-                budget: PromptBudget | None = None) -> QwenPrompt:
+                budget: PromptBudget | None = None, cache: SegmentCache | None = None) -> QwenPrompt:
     """Qwen's prompt. With no context and no budget: exactly `<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>`
     of the whole prefix and suffix (the eval's setting). A budget cuts the local window; a context
-    (with the default budget when none is given) adds the repo-level layout."""
+    (with the default budget when none is given) adds the repo-level layout. `cache` keeps the
+    context's segment ids for the next prompt (the ids are the same with or without it)."""
     fp, fs, fm = _special(tokenizer, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
     if context is None:
         if budget is None:
@@ -193,21 +230,21 @@ def qwen_prompt(tokenizer: Any, prefix: str, suffix: str, context: ProjectContex
         else:
             prefix, pre, suffix, suf = _local(tokenizer, prefix, suffix, budget, budget.total_tokens - 3)
         ids = [fp, *pre, fs, *suf, fm]
-        return QwenPrompt(ids, _decode(tokenizer, ids), (), prefix, suffix, 0)
+        return QwenPrompt(ids, (), prefix, suffix, 0, tokenizer)
     budget = budget or PromptBudget()
+    segment = cache or SegmentCache(tokenizer)
     repo, sep = _special(tokenizer, REPO_NAME, FILE_SEP)
-    head = [repo, *encode(tokenizer, context.repo + "\n")]
-    current = [sep, *encode(tokenizer, context.path + "\n")]
+    head = [repo, *segment(context.repo + "\n")]
+    current = [sep, *segment(context.path + "\n")]
     overhead = len(head) + len(current) + 3
     prefix, pre, suffix, suf = _local(tokenizer, prefix, suffix, budget, budget.total_tokens - overhead)
     room = budget.total_tokens - overhead - len(pre) - len(suf)
-    pieces = _pieces(tokenizer, context.chunks, room,
-                     lambda c: ([sep], f"{c.path}\n{_content(c.text)}\n"))
+    pieces = _pieces(segment, context.chunks, room, lambda c: ([sep], f"{c.path}\n{_content(c.text)}\n"))
     kept = _select(context.chunks, pieces, room)
     body = [t for i in kept for t in pieces[i]]  # type: ignore[union-attr]
     ids = [*head, *body, *current, fp, *pre, fs, *suf, fm]
     used = tuple(UsedChunk(context.chunks[i], len(pieces[i])) for i in kept)  # type: ignore[arg-type]
-    return QwenPrompt(ids, _decode(tokenizer, ids), used, prefix, suffix, len(head) + len(body))
+    return QwenPrompt(ids, used, prefix, suffix, len(head) + len(body), tokenizer)
 
 
 def line_comment(path: str) -> str:
@@ -216,28 +253,30 @@ def line_comment(path: str) -> str:
 
 
 def dllm_prompt(tokenizer: Any, prefix: str, suffix: str, context: ProjectContext | None = None,
-                budget: PromptBudget | None = None, hole_tokens: int = 32) -> DllmPrompt:
+                budget: PromptBudget | None = None, hole_tokens: int = 32,
+                cache: SegmentCache | None = None) -> DllmPrompt:
     """The diffusion model's prefix and suffix ids. With no context and no budget: the whole prefix and
     suffix (the eval's setting). Otherwise the local window within the budget's caps, preceded by at
     most `budget.dllm_context_tokens` of context as plain text (each chunk headed by a comment naming
     its file, then one naming the current file), prefix + `hole_tokens` + suffix within 2,048."""
     if context is None and budget is None:
         pre, suf = encode(tokenizer, prefix), encode(tokenizer, suffix)
-        return DllmPrompt(pre, suf, _decode(tokenizer, pre), _decode(tokenizer, suf), (), prefix, suffix)
+        return DllmPrompt(pre, suf, (), prefix, suffix, tokenizer)
     budget = budget or PromptBudget()
     cap = DLLM_MAX_TOKENS - hole_tokens
     prefix, pre, suffix, suf = _local(tokenizer, prefix, suffix, budget, cap)
     lead: list[int] = []
     used: tuple[UsedChunk, ...] = ()
     if context is not None and context.chunks and budget.dllm_context_tokens > 0:
+        segment = cache or SegmentCache(tokenizer)
         mark = line_comment(context.path)
-        current = encode(tokenizer, f"{mark} {context.path}\n")
+        current = segment(f"{mark} {context.path}\n")
         room = min(budget.dllm_context_tokens, cap - len(pre) - len(suf)) - len(current)
-        pieces = _pieces(tokenizer, context.chunks, max(room, 0),
+        pieces = _pieces(segment, context.chunks, max(room, 0),
                          lambda c: ([], f"{mark} {c.path}\n{_content(c.text)}\n"))
         kept = _select(context.chunks, pieces, room)
         if kept:
             lead = [t for i in kept for t in pieces[i]] + current  # type: ignore[union-attr]
             used = tuple(UsedChunk(context.chunks[i], len(pieces[i])) for i in kept)  # type: ignore[arg-type]
     pre = lead + pre
-    return DllmPrompt(pre, suf, _decode(tokenizer, pre), _decode(tokenizer, suf), used, prefix, suffix)
+    return DllmPrompt(pre, suf, used, prefix, suffix, tokenizer)

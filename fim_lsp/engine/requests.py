@@ -69,6 +69,12 @@ class PromptBudget:
                 raise ValueError(f"{key} must be {want}")
 
 
+# The editor settings that set each PromptBudget field (the local window's caps are the server's
+# existing maxPrefixTokens / maxSuffixTokens).
+BUDGET_SETTINGS = {"total_tokens": "contextTotalTokens", "prefix_tokens": "maxPrefixTokens",
+                   "suffix_tokens": "maxSuffixTokens", "dllm_context_tokens": "dllmContextTokens"}
+
+
 @dataclass
 class FimRequest:
     prefix: str
