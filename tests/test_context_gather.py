@@ -92,6 +92,8 @@ def test_definitions_of_names_near_the_cursor_from_unopened_files(tmp_path: Path
         "billing/other.py": "def shipping_cost(x):\n    return x\n",
         "many/a.py": "def save(): pass\n", "many/b.py": "def save(): pass\n", "many/c.py": "def save(): pass\n",
         "many/d.py": "def save(): pass\n", "many/e.py": "def save(): pass\n",
+        "shapes.py": "class Box:\n    rate: float = 0.5\n", "rates.py": "rate = 0.7\n",
+        "tools.py": "def rate(cart):\n    return 1\n",
         "app.py": ("from billing.rates import tax_rate\n\n\ndef local_helper():\n    pass\n\n\n"
                    "def checkout(cart, region):\n    local_helper()\n    save()\n    rate = ")})
     app = tmp_path / "app.py"
@@ -102,10 +104,12 @@ def test_definitions_of_names_near_the_cursor_from_unopened_files(tmp_path: Path
                                                                           context_same_file=False))
     text = docs[app]
     context = g.gather(Cursor(app, text, 11, (7, 12)), {app: text})
-    # tax_rate: imported; save: five definitions, too ambiguous; local_helper: the file's own
+    # tax_rate: imported; save: five definitions, too ambiguous; local_helper: the file's own; rate: the
+    # function, not the field or the variable of the same name, and first: it is on the cursor's line
     assert [(c.path, c.start_line, c.end_line, c.source) for c in context.chunks] == \
-        [("billing/rates.py", 0, 2, "definition")]
-    assert context.chunks[0].text == "def tax_rate(region):\n    return 0.2"
+        [("tools.py", 0, 2, "definition"), ("billing/rates.py", 0, 2, "definition")]
+    assert context.chunks[1].text == "def tax_rate(region):\n    return 0.2"
+    assert context.chunks[0].score > context.chunks[1].score
     assert context.repo == tmp_path.name and context.path == "app.py"
 
 

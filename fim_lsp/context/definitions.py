@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Callable
 
-MAX_DEFINITION_LINES = 24  # a definition's text is its first lines: the signature, the docstring, the start
+MAX_DEFINITION_LINES = 16  # a definition's text is its first lines: the signature, the docstring, the start
+# Variables and fields: a name that also has a function, class or type definition means that one.
+WEAK_KINDS = frozenset({"assignment", "public_field_definition", "field_definition", "property_signature"})
 
 
 @dataclass(frozen=True)

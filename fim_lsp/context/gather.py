@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Hashable, Mapping
 
 from ..engine.requests import ContextChunk, ProjectContext
+from .definitions import WEAK_KINDS
 from .edits import EditTracker
 from .index import DefinitionIndex
 from .privacy import Place, Privacy
@@ -34,13 +35,15 @@ from .similarity import WordCache, identifiers, jaccard
 
 QUERY_BEFORE, QUERY_AFTER = 16, 8  # the cursor's text: the lines chunks are compared with
 MAX_NAMES = 128  # names looked up per request
-MAX_DEFINITIONS = 16  # names whose definitions are taken (eval/BENCHMARKS.md: 8 found fewer)
+MAX_DEFINITIONS = 24  # definitions taken per request (eval/BENCHMARKS.md)
 MAX_SAME_NAME = 4  # a name defined in more places than this is too ambiguous to guess
 EDIT_PAD = 2  # lines kept around an edited range
 NEAR_DUPLICATE = 0.9
 MAX_LINE_CHARS = 300  # a chunk longer than chunk_lines lines of this is minified or generated
-IMPORT_LINES = re.compile(r"^[ \t]*(?:(?:import|from|using|use|package)\b|#include|export[ \t]+[{*]"
-                          r"|(?:const|let|var)\b[^=\n]*=[ \t]*require[ \t]*\()[^\n]*", re.M)
+# import statements, a parenthesized or braced list over several lines included
+IMPORT_LINES = re.compile(r"^[ \t]*(?:(?:from\b[^\n(]*\bimport|import|export)[ \t]*[({][^)}]*[)}]"
+                          r"|(?:(?:import|from|using|use|package)\b|#include|export[ \t]+[{*]"
+                          r"|(?:const|let|var)\b[^=\n]*=[ \t]*require[ \t]*\()[^\n]*)", re.M)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,11 @@ class _Candidate:
     source: str
     score: float
     words: frozenset[str]
+
+
+def _usable(chunk: str, lines: int) -> bool:
+    """Not blank, and not minified or generated (lines far longer than code's)."""
+    return bool(chunk.strip()) and len(chunk) <= lines * MAX_LINE_CHARS
 
 
 def _lines(text: str) -> list[str]:
@@ -112,30 +120,31 @@ class ContextGatherer:
 
     def _definitions(self, cursor: Cursor, here: Place, lines: list[str], line: int, query: frozenset[str],
                      open_docs: Mapping[Path, str], stop: float) -> list[_Candidate]:
+        """Up to MAX_DEFINITIONS definitions, of the names in `_names`' order. Where a name has
+        functions, classes or types, its fields and variables are left out (`items: list` in a class
+        says little where `def items()` is meant); a name still defined in more than MAX_SAME_NAME
+        places is too ambiguous to guess."""
         assert self.index is not None
         out: list[_Candidate] = []
-        names = 0
+        rank = 0
         for name in self._names(cursor.text, lines, line):
-            if names >= MAX_DEFINITIONS:
+            if len(out) >= MAX_DEFINITIONS:
                 break
             found = self.index.lookup(name)
+            strong = [item for item in found if item.definition.kind not in WEAK_KINDS]
+            found = tuple(strong) or found
             if not found or len(found) > MAX_SAME_NAME:
                 continue
             places = [self.privacy.place(item.path) for item in found]
             if here in places:
                 continue  # the file defines it itself
-            score = 3.0 + 1.0 / (1 + names)
-            took = False
-            for item, where in zip(found, places):
-                if where is None:
-                    continue  # refused since it was indexed (an ignore rule changed)
-                d = item.definition
+            took = [(item.definition, where) for item, where in zip(found, places)
+                    if where is not None]  # None: refused since it was indexed (an ignore rule changed)
+            for d, where in took:
                 end = d.start_line + d.text.count("\n") + 1
                 out.append(self._candidate(("definition", where, d.start_line), where, d.start_line, end,
-                                           d.text, "definition", score))
-                took = True
-            if took:
-                names += 1
+                                           d.text, "definition", 3.0 + 1.0 / (1 + rank)))
+            rank += bool(took)
         return out
 
     def _names(self, text: str, lines: list[str], line: int) -> list[str]:
@@ -192,12 +201,7 @@ class ContextGatherer:
                     continue  # missed the deadline: cut by a later request
                 chunks = self._cut(path, text)
                 cut += 1
-            for lo, hi, chunk in chunks:
-                words = self._words(chunk)
-                similarity = jaccard(query, words)
-                if similarity > 0:
-                    out.append(_Candidate(("open-file", where, lo), where, lo, hi, chunk, "open-file",
-                                          1.0 + similarity, words))
+            out += [c for lo, hi, chunk in chunks if (c := self._similar("open-file", where, lo, hi, chunk, query))]
         return out
 
     def _same_file(self, cursor: Cursor, here: Place, lines: list[str], line: int, query: frozenset[str],
@@ -208,18 +212,22 @@ class ContextGatherer:
         for start in range(0, len(lines), size):
             if time.perf_counter() > stop:
                 break  # the current file changes with every key: nothing of it is kept for later
-            for lo, hi in ((start, min(start + size, len(lines), first)), (max(start, last), min(start + size, len(lines)))):
-                if hi <= lo:
-                    continue
+            end = min(start + size, len(lines))
+            for lo, hi in ((start, min(end, first)), (max(start, last), end)):  # the parts outside the window
                 chunk = "\n".join(lines[lo:hi])
-                if not chunk.strip() or len(chunk) > size * MAX_LINE_CHARS:
-                    continue
-                words = self._words(chunk)
-                similarity = jaccard(query, words)
-                if similarity > 0:
-                    out.append(_Candidate(("same-file", here, lo), here, lo, hi, chunk, "same-file",
-                                          1.0 + similarity, words))
+                found = self._similar("same-file", here, lo, hi, chunk, query) if _usable(chunk, size) else None
+                if found is not None:
+                    out.append(found)
         return out
+
+    def _similar(self, source: str, place: Place, lo: int, hi: int, chunk: str,
+                 query: frozenset[str]) -> _Candidate | None:
+        """A chunk scored by its similarity to the cursor's text; None when it shares no identifier."""
+        words = self._words(chunk)
+        similarity = jaccard(query, words)
+        if similarity <= 0:
+            return None
+        return _Candidate((source, place, lo), place, lo, hi, chunk, source, 1.0 + similarity, words)
 
     def _cached_chunks(self, path: Path, text: str) -> list[tuple[int, int, str]] | None:
         held = self._doc_chunks.get(path)
@@ -233,7 +241,7 @@ class ContextGatherer:
         chunks = []
         for lo in range(0, len(lines), size):
             chunk = "\n".join(lines[lo:lo + size])
-            if chunk.strip() and len(chunk) <= size * MAX_LINE_CHARS:
+            if _usable(chunk, size):
                 chunks.append((lo, min(lo + size, len(lines)), chunk))
                 self._words(chunk)
         self._doc_chunks[path] = (text, chunks)

@@ -150,7 +150,8 @@ class Privacy:
         verdict: bool | None = None
         folders = probe.rstrip("/").split("/")[:-1]
         sources = [(root / ".git" / "info" / "exclude", "")]
-        sources += [(root.joinpath(*folders[:d]) / ".gitignore", "/".join(folders[:d])) for d in range(len(folders) + 1)]
+        sources += [(root.joinpath(*folders[:d]) / ".gitignore", "/".join(folders[:d]))
+                    for d in range(len(folders) + 1)]
         for file, base in sources:
             spec = self._spec(file)
             if spec is None:
