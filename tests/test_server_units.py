@@ -161,7 +161,7 @@ def test_readme_section_documents_every_key_with_its_default() -> None:
 def test_token_budgets_cut_at_line_boundaries(tiny_models) -> None:
     from transformers import AutoTokenizer
 
-    from fim_lsp.server.context import clip_tokens
+    from fim_lsp.engine.prompt import clip_text as clip_tokens
 
     tok = AutoTokenizer.from_pretrained(str(tiny_models / "ar"))
     text = "".join(f"value_{i} = compute({i})\n" for i in range(200))

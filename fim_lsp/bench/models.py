@@ -58,7 +58,8 @@ def _tokenizers(data_dir: Path | None) -> tuple[Any, Any, str]:
     return build_tokenizer(with_mask=False), build_tokenizer(with_mask=True), "tiny BPE (fim_lsp.tiny)"
 
 
-def _model(shape: Shape, rows: int, seed: int, eos: int) -> Any:
+def random_model(shape: Shape, rows: int, seed: int, eos: int) -> Any:
+    """A Qwen2ForCausalLM of this shape with random weights (in memory)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -89,7 +90,7 @@ def write_random(outdir: Path, shape_name: str, data_dir: Path | None) -> Checkp
     for role, tok, seed in (("ar", ar_tok, 1), ("dllm", dllm_tok, 2)):
         # Real checkpoints pad the vocabulary rows past the tokenizer (151936 rows, 151665 tokens).
         rows = max(shape.vocab_rows, (len(tok) + 63) // 64 * 64)
-        model = _model(shape, rows, seed, tok.convert_tokens_to_ids("<|endoftext|>"))
+        model = random_model(shape, rows, seed, tok.convert_tokens_to_ids("<|endoftext|>"))
         if role == "ar":
             # A random network can echo its last input (tied embeddings): after <|fim_middle|> that is a stop
             # token, and a completion of no tokens would time nothing. Zero rows: Qwen never stops by itself,

@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 import torch
 
-from .ar_fim import fim_ids
 from .config import EngineConfig, compile_enabled, effective
 from .diffusion import DiffusionParams
 from .dllm_runner import DllmRunner, HoleRow
@@ -28,6 +27,7 @@ from .graphs import GraphBudget, use_compile_cache
 from .line_stop import LineStop
 from .loading import LoadedModel, ModelLoadError, encode, load_model, mask_token_id, resolve_device, resolve_dtype
 from .overlap import PromptHandoff, SideJob, SideStage
+from .prompt import DllmPrompt, QwenPrompt, SegmentCache, dllm_prompt, qwen_prompt
 from .qwen_runner import QwenRunner
 from .requests import ArParams, FimRequest, PromptState, RowLimits
 from .results import CancelCheck, Cancelled, Candidate, Completion, Generation, Score
@@ -47,11 +47,20 @@ class OutOfMemory(RuntimeError):
 
 @dataclass
 class Prompts:
-    """The token ids each model is given for a batch of requests."""
+    """What each model is given for a batch of requests (one entry per request), as built by
+    `prompt.py`: the ids, and the text and context chunks behind them (fimLsp.showPrompt shows them)."""
 
-    qwen: list[list[int]] | None  # Qwen's complete FIM prompts
+    qwen_prompts: list[QwenPrompt] | None  # Qwen's complete FIM prompts
     scorer: list[list[int]] | None  # the scorer's FIM prompts (Qwen's when the scorer is Qwen)
-    dllm: list[tuple[list[int], list[int]]] | None  # the diffusion model's (prefix, suffix) ids
+    dllm_prompts: list[DllmPrompt] | None  # the diffusion model's prefix and suffix ids
+
+    @property
+    def qwen(self) -> list[list[int]] | None:
+        return None if self.qwen_prompts is None else [p.ids for p in self.qwen_prompts]
+
+    @property
+    def dllm(self) -> list[tuple[list[int], list[int]]] | None:
+        return None if self.dllm_prompts is None else [(p.prefix_ids, p.suffix_ids) for p in self.dllm_prompts]
 
 
 class Engine:
@@ -77,6 +86,7 @@ class Engine:
         self.budget = GraphBudget()
         self._line_stop: LineStop | None = None
         self._side: SideStage | None = None  # the overlapped diffusion stage (config.overlap)
+        self._segment_caches: dict[int, SegmentCache] = {}
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, on_progress: Callable[[str], None] | None = None) -> None:
@@ -138,6 +148,7 @@ class Engine:
             self._side = None
         for runner in self.runners:
             runner.close()
+        self._segment_caches.clear()  # they hold the old tokenizers
         self.qwen = self.diffusion = None
         self._line_stop = None
         gc.collect()
@@ -299,30 +310,58 @@ class Engine:
         if self._device().type == "cuda":
             torch.cuda.empty_cache()  # so the retry, or the next request, can run
 
-    def _prompts(self, requests: list[FimRequest]) -> Prompts:
-        """The one place the models' prompt ids are built from the requests."""
-        qwen = [fim_ids(self.ar.tokenizer, r.prefix, r.suffix) for r in requests] if self.ar is not None else None
+    def _prompts(self, requests: list[FimRequest], cfg: EngineConfig | None = None) -> Prompts:
+        """The one place the models' prompt ids are built from the requests (prompt.py: the local window
+        within the request's budget, and its project context). A request with neither gets the plain
+        FIM prompt of its whole prefix and suffix, as the eval needs."""
+        cfg = cfg or self.config
+        qwen = None
+        if self.ar is not None:
+            segment = self._segments(self.ar.tokenizer)
+            qwen = [qwen_prompt(self.ar.tokenizer, r.prefix, r.suffix, r.context, r.budget, segment) for r in requests]
         scorer = None
         if self.scorer is not None:
-            scorer = qwen if self.scorer is self.ar else [fim_ids(self.scorer.tokenizer, r.prefix, r.suffix)
-                                                          for r in requests]
+            if self.scorer is self.ar:
+                scorer = [p.ids for p in qwen]
+            else:
+                segment = self._segments(self.scorer.tokenizer)
+                scorer = [qwen_prompt(self.scorer.tokenizer, r.prefix, r.suffix, r.context, r.budget, segment).ids
+                          for r in requests]
         dllm = None
         if self.dllm is not None:
             tok = self.dllm.tokenizer
-            dllm = [(encode(tok, r.prefix), encode(tok, r.suffix)) for r in requests]
+            segment = self._segments(tok)
+            dllm = [dllm_prompt(tok, r.prefix, r.suffix, r.context, r.budget, self._hole_cap(r, cfg), segment)
+                    for r in requests]
         return Prompts(qwen, scorer, dllm)
+
+    def _segments(self, tokenizer: Any) -> SegmentCache:
+        """The context segments' ids from earlier prompts, one cache per tokenizer: a chunk that stays
+        from keystroke to keystroke is tokenized once."""
+        key = id(tokenizer)
+        if key not in self._segment_caches:
+            self._segment_caches[key] = SegmentCache(tokenizer)
+        return self._segment_caches[key]
+
+    @staticmethod
+    def _hole_cap(request: FimRequest, cfg: EngineConfig) -> int:
+        """The longest hole the diffusion model tries for the request (its prompt leaves room for it)."""
+        fixed = request.dllm_length or cfg.dllm_length
+        if fixed:
+            return fixed
+        return max(cfg.dllm_lengths_single_line if request.single_line else cfg.dllm_lengths)
 
     def _complete_batch(self, requests: list[FimRequest], cancel: CancelCheck | None,
                         keep: bool = True) -> list[Completion]:
         device = self._device()
         cfg = effective(self.config, device.type)
         start = time.perf_counter()
-        prompts = self._prompts(requests)
+        prompts = self._prompts(requests, cfg)
         reuse = cfg.score_reuse and cfg.score_mode == "fim" and self.qwen is not None and self.scorer is self.ar
         gens: list[list[Generation]] = [[] for _ in requests]
         known: dict[tuple[int, int], Score] = {}  # (request, candidate) scored by the diffusion stage
         timings: dict[str, float] = {}
-        prompt = None
+        prompt_state = None
         # Eager, the stages take turns, also on a GPU: two Python threads launching kernels through one
         # interpreter measured 2.8x slower than turns. Replayed graphs leave the interpreter free, so on
         # the static path the diffusion stage runs beside Qwen (overlap.py, eval/BENCHMARKS.md).
@@ -335,8 +374,8 @@ class Engine:
         try:
             if self.qwen is not None:
                 try:
-                    qwen, prompt = self._run_qwen(requests, prompts.qwen, cfg, cancel,
-                                                  handoff.put if side is not None else None, keep)
+                    qwen, prompt_state = self._run_qwen(requests, prompts.qwen, cfg, cancel,
+                                                        handoff.put if side is not None else None, keep)
                 finally:
                     handoff.close()
                 for g, out in zip(gens, qwen):
@@ -362,11 +401,18 @@ class Engine:
         if cancel is not None and cancel():
             raise Cancelled()
         t = time.perf_counter()
-        scores = self._score(requests, prompts, gens, cfg, prompt if reuse else None, known)
+        scores = self._score(requests, prompts, gens, cfg, prompt_state if reuse else None, known)
         timings["score"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - start
         per_request = {k: v / len(requests) for k, v in timings.items()}
-        return [self._select(g, s, per_request) for g, s in zip(gens, scores)]
+        out = [self._select(g, s, per_request) for g, s in zip(gens, scores)]
+        for i, comp in enumerate(out):
+            comp.qwen_prompt = prompts.qwen_prompts[i] if prompts.qwen_prompts is not None else None
+            comp.dllm_prompt = prompts.dllm_prompts[i] if prompts.dllm_prompts is not None else None
+            if prompt_state is not None:
+                comp.prompt_tokens = {"computed": prompt_state.computed // len(requests),
+                                      "reused": prompt_state.reused // len(requests)}
+        return out
 
     def _device(self) -> torch.device:
         return (self.ar or self.dllm).device

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,11 +149,26 @@ def special_id(tokenizer: Any, token: str) -> int | None:
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    """Ids of one text segment. Special-token strings typed in user code stay plain text, so a
-    file that mentions '<|endoftext|>' cannot end a prompt early."""
+    """Ids of one text segment. Control-token strings typed in user code stay plain text, so a file
+    that mentions '<|endoftext|>' cannot end a prompt early, nor one that mentions '<|fim_middle|>' or
+    '<|file_sep|>' (or Java's `List<M>`, Open-dCoder's mask) open a hole or a file of its own.
+
+    `split_special_tokens` covers only the tokens marked special; Qwen's FIM and repo tokens are
+    added tokens that are not, and the tokenizer matches those in any text. So the text is cut inside
+    each such string (after its first character) and the pieces are tokenized on their own."""
     if not text:
         return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    cuts = [0]
+    if added and any(token in text for token in added):
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)))
+        cuts += [m.start() + 1 for m in pattern.finditer(text)]
+    cuts.append(len(text))
+    ids: list[int] = []
+    for start, end in zip(cuts, cuts[1:]):
+        if end > start:
+            ids += tokenizer(text[start:end], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids
 
 
 def decode_whole(tokenizer: Any, ids: list[int]) -> tuple[list[int], str]:

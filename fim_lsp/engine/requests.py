@@ -36,6 +36,51 @@ class ProjectContext:
     chunks: tuple[ContextChunk, ...] = ()
 
 
+# Open-dCoder's own eval keeps the last 2,048 tokens of prefix + masks + suffix (REFERENCE.md section 7).
+DLLM_MAX_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class PromptBudget:
+    """Token budgets of the models' prompts (fim_lsp.engine.prompt applies them).
+
+    Qwen's prompt holds at most `total_tokens`, special tokens included: the local window takes up to
+    `prefix_tokens` + `suffix_tokens` (its start and its end cut at line boundaries), and whatever of the
+    total it leaves goes to the project context. 0 for `prefix_tokens` or `suffix_tokens` means no cap
+    of its own (the total still holds). The diffusion model gets the same local window plus at most
+    `dllm_context_tokens` of context as plain text, prefix + hole + suffix within DLLM_MAX_TOKENS.
+
+    Defaults (why): 4,096 is half of Qwen's 8,192-token file-level training length, so the prompt and
+    the 128 generated tokens stay well inside what the model saw in training; a prompt pass costs
+    ~0.7 GFLOP per token, so 4k tokens is ~3 TFLOP once (a few seconds on a laptop CPU, milliseconds on a
+    GPU), and with the prompt's beginning kept from keystroke to keystroke only the local window is
+    recomputed. The local window keeps the server's earlier 1,024 + 256 (the same completions as before
+    when there is no context), leaving ~2.8k tokens for ~8-16 chunks. `dllm_context_tokens`: see
+    eval/BENCHMARKS.md, "Project context"."""
+
+    total_tokens: int = 4096
+    prefix_tokens: int = 1024
+    suffix_tokens: int = 256
+    dllm_context_tokens: int = 512
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field (as its camelCase setting)."""
+        checks = [("contextTotalTokens", self.total_tokens >= 64, ">= 64"),
+                  ("maxPrefixTokens", self.prefix_tokens >= 0, ">= 0 (0 = no cap of its own)"),
+                  ("maxSuffixTokens", self.suffix_tokens >= 0, ">= 0 (0 = no cap of its own)"),
+                  ("dllmContextTokens", 0 <= self.dllm_context_tokens < DLLM_MAX_TOKENS,
+                   f"between 0 and {DLLM_MAX_TOKENS - 1}")]
+        for key, ok, want in checks:
+            if not ok:
+                raise ValueError(f"{key} must be {want}")
+
+
+# The editor settings that set each PromptBudget field (the local window's caps are the server's
+# existing maxPrefixTokens / maxSuffixTokens).
+BUDGET_SETTINGS = {"total_tokens": "contextTotalTokens", "prefix_tokens": "maxPrefixTokens",
+                   "suffix_tokens": "maxSuffixTokens", "dllm_context_tokens": "dllmContextTokens"}
+
+
 @dataclass
 class FimRequest:
     prefix: str
@@ -46,6 +91,8 @@ class FimRequest:
     single_line: bool = False
     max_new_tokens: int | None = None  # overrides the config's budget for this request
     context: ProjectContext | None = None  # None: the local window alone, as before
+    # None: the prefix and suffix go in whole, as before (the eval); the server passes its budgets
+    budget: PromptBudget | None = None
 
 
 @dataclass

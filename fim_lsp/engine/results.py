@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .prompt import DllmPrompt, QwenPrompt
 
 CancelCheck = Callable[[], bool]
 
@@ -65,6 +68,12 @@ class Completion:
     winner: Candidate | None
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    # what each model was given (None: the model did not run); fimLsp.showPrompt and the hover read them
+    qwen_prompt: QwenPrompt | None = None
+    dllm_prompt: DllmPrompt | None = None
+    # Qwen's prompt pass: tokens run through the network, and tokens whose keys were kept from the
+    # previous request (prefix reuse); a batch's totals split evenly over its requests
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
 
     @property
     def text(self) -> str:

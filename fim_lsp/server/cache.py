@@ -89,4 +89,6 @@ def shorten(comp: Completion, typed: str) -> Completion | None:
                    and c.hole_length == comp.winner.hole_length), None)
     winner = winner or min(cands, key=lambda c: c.perplexity)
     return Completion(candidates=cands, winner=winner, timings=dict(comp.timings),
-                      notes=[*comp.notes, f"typed through {len(typed)} characters"])
+                      notes=[*comp.notes, f"typed through {len(typed)} characters"],
+                      qwen_prompt=comp.qwen_prompt, dllm_prompt=comp.dllm_prompt,  # what the models saw
+                      prompt_tokens=dict(comp.prompt_tokens))

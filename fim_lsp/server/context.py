@@ -93,23 +93,3 @@ def extract(text: str, line: int, column: int, encoding: str = UTF16,
     return FimContext(prefix=prefix, suffix=suffix, line=line, char=char, line_before=before,
                       line_after=after, next_lines=lines[line + 1:line + 1 + 8], eol=eol, encoding=encoding)
 
-
-def clip_tokens(tokenizer: object, text: str, max_tokens: int, keep_end: bool) -> str:
-    """Cut `text` to at most `max_tokens` tokens, keeping its end (prefix) or its start (suffix).
-    The cut lands on a line boundary when one is near, so the model never sees half a line."""
-    if max_tokens <= 0 or not text:
-        return text
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # type: ignore[operator]
-        offsets = enc["offset_mapping"]
-    except (NotImplementedError, ValueError, TypeError, KeyError):
-        return text  # a slow tokenizer has no offsets: the line budget alone applies
-    if len(offsets) <= max_tokens:
-        return text
-    if keep_end:
-        cut = offsets[len(offsets) - max_tokens][0]
-        nl = text.find("\n", cut)
-        return text[nl + 1:] if 0 <= nl < len(text) - 1 else text[cut:]
-    cut = offsets[max_tokens - 1][1]
-    nl = text.rfind("\n", 0, cut)
-    return text[:nl] if nl > 0 else text[:cut]

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..engine.ensemble import Engine
+from ..engine.prompt import clip_text
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
 from .cache import CompletionCache
-from .context import FimContext, clip_tokens, extract, split_lines, single_line_mode
+from .context import FimContext, extract, split_lines, single_line_mode
 from .postprocess import Insert, postprocess
 from .settings import ServerSettings
 from .stats import Stats
@@ -161,8 +162,8 @@ class CompletionService:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
         stats, engine = self.stats, self.engine
         tok = engine.tokenizer
-        prefix = clip_tokens(tok, ctx.prefix, settings.max_prefix_tokens, keep_end=True) if tok else ctx.prefix
-        suffix = clip_tokens(tok, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if tok else ctx.suffix
+        prefix = clip_text(tok, ctx.prefix, settings.max_prefix_tokens, keep_end=True) if tok else ctx.prefix
+        suffix = clip_text(tok, ctx.suffix, settings.max_suffix_tokens, keep_end=False) if tok else ctx.suffix
         stats.model_runs += 1
         try:
             # single-line: the engine stops Qwen at the line's end instead of writing lines we cut
