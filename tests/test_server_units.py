@@ -107,7 +107,7 @@ def test_settings_apply_good_keys_and_reject_bad_ones_by_name() -> None:
     assert keys["prefixLines"] == 64 and keys["waitForModelsMs"] == 10000 and keys["arModel"]
 
 
-def test_worker_latest_request_wins_and_cancels_at_the_next_step() -> None:
+def test_worker_latest_request_wins_across_documents_and_cancels_at_the_next_step() -> None:
     async def scenario() -> tuple[list[str], float, threading.Thread]:
         before = set(threading.enumerate())
         worker = ModelWorker(asyncio.get_running_loop())
@@ -124,10 +124,10 @@ def test_worker_latest_request_wins_and_cancels_at_the_next_step() -> None:
                 return name
             return fn
 
-        first = worker.submit(loop("a", 1000), key="doc")
+        first = worker.submit(loop("a", 1000), key="doc-a", supersede=True)
         (thread,) = set(threading.enumerate()) - before  # the model thread starts with the first job
         await asyncio.sleep(0.05)
-        second = worker.submit(loop("b", 5), key="doc")
+        second = worker.submit(loop("b", 5), key="doc-b", supersede=True)  # another document
         t = time.perf_counter()
         with pytest.raises(Cancelled):
             await first.future
