@@ -149,13 +149,19 @@ def test_readme_section_documents_every_key_with_its_default() -> None:
     import re
     from pathlib import Path
 
+    from fim_lsp.engine.config import ENGINE_RULES, camel
+    from fim_lsp.server.settings import SERVER_RULES
+
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", text, flags=re.M))
+    rows = {key: (default, accepts) for key, default, accepts
+            in re.findall(r"^\| `(\w+)` \| `([^`]*)` \| ([^|]*) \|", text, flags=re.M)}
+    rules = {camel(k): r for k, r in {**ENGINE_RULES, **SERVER_RULES}.items()}
     for key, default in all_defaults().items():
         assert key in rows, f"{key} is not documented"
-        shown = json.loads(rows[key])
+        shown = json.loads(rows[key][0])
         want = list(default) if isinstance(default, tuple) else default
-        assert shown == want, f"{key}: README says {rows[key]}, code says {default!r}"
+        assert shown == want, f"{key}: README says {rows[key][0]}, code says {default!r}"
+        assert rows[key][1] == rules[key].describe(), f"{key}: README accepts {rows[key][1]!r}"
 
 
 def test_token_budgets_cut_at_line_boundaries(tiny_models) -> None:
