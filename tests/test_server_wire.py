@@ -120,17 +120,23 @@ class Connection:
         body = json.dumps({"jsonrpc": "2.0", **message}).encode()
         self.sock.sendall(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
+    def _recv(self) -> bytes:
+        try:
+            return self.sock.recv(65536)
+        except ConnectionResetError:  # closed with our message unread: a reset, not a FIN
+            return b""
+
     def receive(self) -> dict[str, Any] | None:
         """The next message, or None once the server has closed the connection."""
         while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
+            chunk = self._recv()
             if not chunk:
                 return None
             self.buf += chunk
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
         while len(self.buf) < length:
-            chunk = self.sock.recv(65536)
+            chunk = self._recv()
             if not chunk:
                 return None
             self.buf += chunk

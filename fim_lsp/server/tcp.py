@@ -91,17 +91,26 @@ class TcpServer:
         self.protocol, self.secret = protocol, secret
         self.session = False
         self.done: asyncio.Future[None] | None = None
+        self.writers: set[asyncio.StreamWriter] = set()  # open connections, closed when serving ends
 
     async def on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            await self._connection(reader, writer)
+        except (asyncio.CancelledError, ConnectionError):
+            pass  # serving ended (a signal) while this connection was open, or the client reset it
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         if self.session:
             log.warning("refused a second connection from %s: one client at a time", peer)
-            writer.close()
             return
         first = await self._first_message(reader, writer)
         if first is None or self.session:
             log.warning("refused a connection from %s: its first message was no initialize with the secret", peer)
-            writer.close()
             return
         self.session = True
         log.info("client at %s authenticated", peer)
@@ -110,7 +119,6 @@ class TcpServer:
             if dispatch(self.protocol, first):
                 await serve_messages(reader, self.protocol)
         finally:
-            writer.close()
             if self.done is not None and not self.done.done():
                 self.done.set_result(None)
 
@@ -156,6 +164,8 @@ async def _serve(protocol: JsonRPCProtocol, host: str, port: int, secret: str, s
           file=sys.stderr, flush=True)
     async with server:
         await tcp.done
+        for writer in list(tcp.writers):  # newer Pythons wait for open connections when the server closes
+            writer.close()
     return signals.received
 
 
