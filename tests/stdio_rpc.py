@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+STARTUP_S = 180
 
 
 class StdioServer:
@@ -29,14 +30,15 @@ class StdioServer:
         self._ids = itertools.count(1)
         threading.Thread(target=self._read, daemon=True).start()
         init = {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": options}
+        # Generous: on a shared 2-core machine, importing torch in two servers at once takes a minute.
         if raw_options is None:
-            self.init = self.request("initialize", init)
+            self.init = self.request("initialize", init, timeout=STARTUP_S)
         else:
             msg_id = next(self._ids)
             self.send_bytes(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": "initialize", "params": init})
                             .replace('"initializationOptions": {}', f'"initializationOptions": {raw_options}')
                             .encode())
-            self.init = self.response(msg_id)
+            self.init = self.response(msg_id, timeout=STARTUP_S)
         self.notify("initialized", {})
 
     def _read(self) -> None:
@@ -89,7 +91,8 @@ class StdioServer:
         return self.response(self.send_request(method, params), timeout)
 
     def status(self, state: str) -> dict[str, Any]:
-        return self.wait_for(lambda m: m.get("method") == "fimLsp/status" and m["params"]["state"] == state)
+        return self.wait_for(lambda m: m.get("method") == "fimLsp/status" and m["params"]["state"] == state,
+                             timeout=STARTUP_S)
 
     def close_stdin(self) -> None:
         self.proc.stdin.close()

@@ -206,20 +206,10 @@ def test_checkhealth_without_a_server_reads_the_args() -> None:
 
 # --- issue 18 items 1, 2, 3, 5 ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def forced(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Checkpoints that write "x=1\\nx=1..." whatever the context (tests/forced.py): Qwen's 8 tokens make
-    two lines, the diffusion model's 4 one line, so the candidates differ and the ghost text is
-    multi-line whatever the weights."""
-    from forced import write_forced_pair
-
-    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("nvim-forced"), rule="lines")
-
-
-def test_crlf_file_gets_crlf_lines_on_disk(forced: Path, tmp_path: Path) -> None:
+def test_crlf_file_gets_crlf_lines_on_disk(forced_lines: Path, tmp_path: Path) -> None:
     """Item 1: accept multi-line ghost text in a CRLF file, :w, and compare the file's bytes."""
     original = SAMPLE.replace("\n", "\r\n").encode()
-    settings = {**server_settings(forced), "models": "qwen"}  # Qwen's two lines win for sure
+    settings = {**server_settings(forced_lines), "models": "qwen"}  # Qwen's two lines win for sure
     result = run_scenario("crlf", tmp_path, server_cmd(), settings, content=original)
     assert result["fileformat"] == "dos" and result["ghost_shown"], result.get("status")
     inserted = result["item_text"]
@@ -232,9 +222,9 @@ def test_crlf_file_gets_crlf_lines_on_disk(forced: Path, tmp_path: Path) -> None
     assert b"\r\r" not in written
 
 
-def test_fim_restart_leaves_one_running_server(forced: Path, tmp_path: Path) -> None:
+def test_fim_restart_leaves_one_running_server(forced_lines: Path, tmp_path: Path) -> None:
     """Item 2: the restarted server is a new client that stays up and serves."""
-    result = run_scenario("restart", tmp_path, server_cmd(), server_settings(forced))
+    result = run_scenario("restart", tmp_path, server_cmd(), server_settings(forced_lines))
     assert result["started"] and result["restarted"], result
     assert result["clients"] == 1 and result["ids"] != [result["old_id"]], result
     assert result["children"] >= 1  # the server process is there
@@ -242,9 +232,9 @@ def test_fim_restart_leaves_one_running_server(forced: Path, tmp_path: Path) -> 
     assert_no_lua_errors(result)
 
 
-def test_alt_bracket_cycles_from_automatic_ghost_text(forced: Path, tmp_path: Path) -> None:
+def test_alt_bracket_cycles_from_automatic_ghost_text(forced_lines: Path, tmp_path: Path) -> None:
     """Item 3: the automatic answer holds one item; Alt+] fetches the others and shows the next."""
-    result = run_scenario("cycle", tmp_path, server_cmd(), server_settings(forced))
+    result = run_scenario("cycle", tmp_path, server_cmd(), server_settings(forced_lines))
     assert result["ghost_shown"] and result["items_before"] == 1
     distinct = list(dict.fromkeys(c["text"].rstrip() for c in result["shown"]["candidates"]))
     assert len(distinct) == 2, result["shown"]  # "x=1\nx=1" and "x=1"

@@ -13,21 +13,15 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from forced import write_forced_pair
 from server_client import Session, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 LONG_STEPS = 20_000  # a diffusion loop of minutes on any context (p2 keeps masks to its last steps)
 
 
-@pytest.fixture(scope="module")
-def forced(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-load"), rule="lines")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def s(forced: Path):
-    async with start_server(forced) as session:
+async def s(forced_lines: Path):
+    async with start_server(forced_lines) as session:
         yield session
 
 

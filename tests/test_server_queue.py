@@ -12,25 +12,15 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from forced import write_forced_pair
-from server_client import Session, start_server
+from server_client import Session, delta, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture(scope="module")
-def forced(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-queue"), rule="lines")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def s(forced: Path):
-    async with start_server(forced) as session:
+async def s(forced_lines: Path):
+    async with start_server(forced_lines) as session:
         yield session
-
-
-def delta(after: dict, before: dict, key: str) -> int:
-    return after[key] - before[key]
 
 
 async def test_the_latest_request_wins_across_documents(s: Session) -> None:
@@ -47,6 +37,7 @@ async def test_the_latest_request_wins_across_documents(s: Session) -> None:
     results = await asyncio.gather(*burst)
     items = await last
     stats = await s.stats()
+    shown = await s.command("fimLsp.showCandidates")
     s.configure(steps=4)
     d = {k: delta(stats, start, k) for k in ("superseded", "modelRuns", "completedLoops", "interruptedLoops")}
     print(f"\n100 requests over 50 documents, then a fresh one: {d}")
@@ -54,7 +45,6 @@ async def test_the_latest_request_wins_across_documents(s: Session) -> None:
     assert items and items[0].insert_text.startswith("x=1")
     assert d["completedLoops"] == 1 and d["superseded"] == 100  # only the fresh document's ran to the end
     assert d["modelRuns"] - d["interruptedLoops"] == 1
-    shown = await s.command("fimLsp.showCandidates")
     assert shown["uri"] == fresh
 
 
@@ -114,9 +104,9 @@ async def test_a_lone_surrogate_in_the_document_does_not_break_its_completions(s
     await check_lone_surrogate(s, len(LONE))  # UTF-16 columns: the surrogate is one unit
 
 
-async def test_a_lone_surrogate_with_utf8_columns(forced: Path) -> None:
+async def test_a_lone_surrogate_with_utf8_columns(forced_lines: Path) -> None:
     from server_client import capabilities
 
-    async with start_server(forced, caps=capabilities(encodings=["utf-8"])) as s:
+    async with start_server(forced_lines, caps=capabilities(encodings=["utf-8"])) as s:
         assert s.init.capabilities.position_encoding == types.PositionEncodingKind.Utf8
         await check_lone_surrogate(s, len(LONE.encode("utf-8", "surrogatepass")))

@@ -6,6 +6,7 @@ the same message apply; completions go on. The settings in force are read back f
 The models are forced (tests/forced.py): what a completion writes never depends on random weights."""
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from lsprotocol import types
 from fim_lsp.engine.config import ENGINE_RULES, camel
 from fim_lsp.engine.rules import INT, INTS
 from fim_lsp.server.settings import SERVER_RULES
-from forced import write_forced_pair
 from server_client import FAST, Session, start_server
 from stdio_rpc import StdioServer
 from test_settings_rules import BAD, NUMERIC, edges
@@ -25,19 +25,25 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 DOC = "def mean(values):\n    total = \n"
 
 
-@pytest.fixture(scope="module")
-def forced(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-settings"), rule="lines")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def s(forced: Path):
-    async with start_server(forced) as session:
+async def s(forced_lines: Path):
+    async with start_server(forced_lines) as session:
         yield session
 
 
 async def settings(s: Session) -> dict:
     return (await s.stats())["settings"]
+
+
+async def settled(s: Session, key: str, value) -> dict:
+    """The settings once `key` reads `value`: an engine key takes effect on the model thread, after the
+    message that set it has been answered."""
+    for _ in range(400):
+        now = await settings(s)
+        if now[key] == value:
+            return now
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} never became {value!r}: {now[key]!r}")
 
 
 async def errors_after(s: Session, **values) -> list[str]:
@@ -65,7 +71,7 @@ async def test_every_numeric_bound_at_both_edges(s: Session) -> None:
             inside, outside = edges(rule)
             for x in inside:
                 assert await errors_after(s, **{key: wire(rule, x)}) == [], (key, x)
-                assert (await settings(s))[key] == wire(rule, x), (key, x)
+                await settled(s, key, wire(rule, x))
             held = (await settings(s))[key]
             for x in outside:
                 (error,) = await errors_after(s, **{key: wire(rule, x)})
@@ -73,6 +79,7 @@ async def test_every_numeric_bound_at_both_edges(s: Session) -> None:
                 assert (await settings(s))[key] == held, (key, x)
     finally:
         s.configure(**{k: start[k] for k in keys})
+    await settled(s, "steps", start["steps"])
     assert {k: v for k, v in (await settings(s)).items() if k in keys} == {k: start[k] for k in keys}
     assert (await s.stats())["errors"] == 0
 
@@ -99,7 +106,7 @@ async def test_infinity_in_an_integer_key_names_it_and_applies_the_good_keys(s: 
     # The issue's message: {"steps": 5, "prefixLines": Infinity, "enabled": false}
     errors = await errors_after(s, steps=5, prefixLines=math.inf, enabled=False)
     assert len(errors) == 1 and "fimLsp.prefixLines" in errors[0]
-    now = await settings(s)
+    now = await settled(s, "steps", 5)
     assert now["steps"] == 5 and now["enabled"] is False and now["prefixLines"] == 64
     s.configure(steps=FAST["steps"], enabled=True)
     assert (await settings(s))["enabled"] is True

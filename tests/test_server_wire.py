@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from stdio_rpc import ROOT, StdioServer
+from test_server_exit import busy_server
 
 FAST = {"profile": "exact", "steps": 4, "maxNewTokens": 8, "dllmLengths": [4]}
 CRASH_SIGNS = ("Traceback", "Fatal Python error", "Logging error")
@@ -69,24 +70,14 @@ def test_unparseable_input_gets_a_parse_error_and_the_server_goes_on(tiny_models
     assert err.count("answered with a parse error") == 5  # said in the log, never with the text
 
 
-def busy(server: StdioServer) -> None:
-    """Start a completion whose diffusion loop runs for minutes, and wait until it runs."""
-    server.notify("workspace/didChangeConfiguration", {"settings": {"fimLsp": {"steps": 100_000, "dllmLengths": [32]}}})
-    server.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1,
-                                                            "text": "def f(x):\n    return "}})
-    server.send_request("textDocument/inlineCompletion", {
-        "textDocument": {"uri": URI}, "position": {"line": 1, "character": 11}, "context": {"triggerKind": 2}})
-    while not stats(server)["workerBusy"]:
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("mid_completion", [False, True], ids=["idle", "mid-completion"])
 def test_ctrl_c_stops_the_server_with_stdin_still_open(tiny_models: Path, tmp_path: Path,
                                                        mid_completion: bool) -> None:
-    server = StdioServer(tiny_models, tmp_path / "stderr.txt", FAST)
-    server.status("ready")
     if mid_completion:
-        busy(server)
+        server = busy_server(tiny_models, tmp_path / "stderr.txt")
+    else:
+        server = StdioServer(tiny_models, tmp_path / "stderr.txt", FAST)
+        server.status("ready")
     t = time.perf_counter()
     server.proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends; stdin stays open
     code, err = server.finish(timeout=30)
@@ -96,9 +87,7 @@ def test_ctrl_c_stops_the_server_with_stdin_still_open(tiny_models: Path, tmp_pa
 
 
 def test_a_second_ctrl_c_exits_at_once_without_aborting(tiny_models: Path, tmp_path: Path) -> None:
-    server = StdioServer(tiny_models, tmp_path / "stderr.txt", FAST)
-    server.status("ready")
-    busy(server)
+    server = busy_server(tiny_models, tmp_path / "stderr.txt")
     server.proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     server.proc.send_signal(signal.SIGINT)
@@ -150,7 +139,7 @@ class Connection:
         return None
 
     def closed_by_server(self) -> bool:
-        while (msg := self.receive()) is not None:
+        while self.receive() is not None:
             pass
         return True
 

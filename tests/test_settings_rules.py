@@ -68,7 +68,7 @@ def _snake(key: str) -> str:
 # The values: accepted before, and then every completion failed or was silently reinterpreted.
 BAD = [
     ("maxNewTokens", 1.5), ("topK", 1.5), ("dllmLength", 2.5), ("seed", 1.5), ("seed", 18446744073709551616),
-    ("temperature", float("inf")), ("dllmStepsPerToken", float("inf")), ("steps", 1e30),
+    ("temperature", float("inf")), ("temperature", float("nan")), ("dllmStepsPerToken", float("inf")), ("steps", 1e30),
     ("waitForModelsMs", 10**40), ("prefixLines", float("inf")), ("prefixLines", float("nan")),
     ("dllmLengths", "816"), ("dllmLengths", [1.9, 2.2]), ("dllmLengths", []), ("dllmLengths", [8] * 17),
     ("dllmThreshold", True), ("temperature", False), ("steps", True), ("enabled", 1), ("logLevel", 3),

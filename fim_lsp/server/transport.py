@@ -135,7 +135,10 @@ class Signals:
         self.loop, self.stop = loop, stop
         self.received: int | None = None
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, sig)
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):  # Windows' event loops: Python's default handling
+                pass
 
     def _on_signal(self, sig: int) -> None:
         if self.received is not None:
