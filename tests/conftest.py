@@ -35,3 +35,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def forced_lines(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Checkpoints that write "x=1\\nx=1..." whatever the document (tests/forced.py): Qwen's 8 tokens
+    make two lines, the diffusion model's 4 one line, so what the server offers never depends on what a
+    random model writes."""
+    from forced import write_forced_pair
+
+    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-lines"), rule="lines")

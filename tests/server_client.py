@@ -30,6 +30,11 @@ def capabilities(inline: bool = True, progress: bool = True,
         general=types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None)
 
 
+def delta(after: dict[str, Any], before: dict[str, Any], key: str) -> int:
+    """How much a `fimLsp.stats` counter grew."""
+    return after[key] - before[key]
+
+
 class Session:
     def __init__(self, client: LanguageClient) -> None:
         self.client = client

@@ -13,21 +13,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+STARTUP_S = 180
 
 
 class StdioServer:
-    def __init__(self, tiny: Path, stderr: Path, options: dict[str, Any]) -> None:
-        args = ["--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu"]
+    def __init__(self, tiny: Path, stderr: Path, options: dict[str, Any], raw_options: str | None = None,
+                 cli: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """`raw_options`: initializationOptions as JSON text, sent as written (1e400, say)."""
+        args = ["--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu", *(cli or [])]
         self._stderr = stderr.open("wb")
         self.stderr_path = stderr
-        self.proc = subprocess.Popen([sys.executable, "-m", "fim_lsp", *args], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "fim_lsp", *args], cwd=ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self.messages: list[dict[str, Any]] = []
         self._changed = threading.Condition()
         self._ids = itertools.count(1)
         threading.Thread(target=self._read, daemon=True).start()
-        self.request("initialize", {"processId": None, "rootUri": None, "capabilities": {},
-                                    "initializationOptions": options})
+        init = {"processId": None, "rootUri": None, "capabilities": {}, "initializationOptions": options}
+        # Generous: on a shared 2-core machine, importing torch in two servers at once takes a minute.
+        if raw_options is None:
+            self.init = self.request("initialize", init, timeout=STARTUP_S)
+        else:
+            msg_id = next(self._ids)
+            self.send_bytes(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": "initialize", "params": init})
+                            .replace('"initializationOptions": {}', f'"initializationOptions": {raw_options}')
+                            .encode())
+            self.init = self.response(msg_id, timeout=STARTUP_S)
         self.notify("initialized", {})
 
     def _read(self) -> None:
@@ -45,7 +56,10 @@ class StdioServer:
                 self._changed.notify_all()
 
     def send(self, message: dict[str, Any]) -> None:
-        body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+        self.send_bytes(json.dumps({"jsonrpc": "2.0", **message}).encode())
+
+    def send_bytes(self, body: bytes) -> None:
+        """One framed message whose body is exactly `body`, valid JSON or not."""
         self.proc.stdin.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         self.proc.stdin.flush()
 
@@ -77,7 +91,8 @@ class StdioServer:
         return self.response(self.send_request(method, params), timeout)
 
     def status(self, state: str) -> dict[str, Any]:
-        return self.wait_for(lambda m: m.get("method") == "fimLsp/status" and m["params"]["state"] == state)
+        return self.wait_for(lambda m: m.get("method") == "fimLsp/status" and m["params"]["state"] == state,
+                             timeout=STARTUP_S)
 
     def close_stdin(self) -> None:
         self.proc.stdin.close()

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,10 @@ def server_settings(tiny: Path) -> dict[str, Any]:
 
 
 def run_scenario(name: str, tmp: Path, cmd: list[str], settings: dict[str, Any] | None = None,
-                 timeout: float = 180) -> dict[str, Any]:
+                 timeout: float = 180, args: list[str] | None = None, content: bytes | None = None,
+                 env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     src = tmp / "sample.py"
-    src.write_text(SAMPLE, encoding="utf-8")
+    src.write_bytes(content if content is not None else SAMPLE.encode("utf-8"))
     out = tmp / f"{name}.json"
     env = dict(os.environ)
     # Own config/state dirs: no user config, and a fresh LSP log for each run.
@@ -73,7 +75,8 @@ def run_scenario(name: str, tmp: Path, cmd: list[str], settings: dict[str, Any] 
     # The server runs from this checkout even when fim-lsp is not pip-installed.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(FIM_TEST=name, FIM_OUT=str(out), FIM_CMD=json.dumps(cmd), FIM_FILE=str(src),
-               FIM_PLUGIN=str(PLUGIN), FIM_SETTINGS=json.dumps(settings or {}))
+               FIM_PLUGIN=str(PLUGIN), FIM_SETTINGS=json.dumps(settings or {}), FIM_ARGS=json.dumps(args or []),
+               **(env_extra or {}))
     proc = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-S", str(SCENARIO)],
                           env=env, cwd=tmp, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout)
@@ -174,3 +177,101 @@ def test_checkhealth_reports_command_python_and_models(tiny_models: Path, tmp_pa
     assert "cannot import fim_lsp" not in text and "fim_lsp at " in text, text
     assert re.search(r"OK client \d+: ready", text), text
     assert "ERROR" not in text, text
+
+
+def test_checkhealth_reports_the_models_and_device_given_in_args(tiny_models: Path, tmp_path: Path) -> None:
+    """Issue 18 item 4: models and device given as server arguments, not as settings."""
+    args = ["--ar-model", str(tiny_models / "ar"), "--dllm-model", str(tiny_models / "dllm"), "--device", "cpu"]
+    settings = {k: v for k, v in server_settings(tiny_models).items() if k not in ("arModel", "dllmModel", "device")}
+    result = run_scenario("health", tmp_path, server_cmd(), settings, args=args)
+    text = "\n".join(result["health"])
+    line = next(ln for ln in result["health"] if "settings (in force" in ln)
+    assert f"arModel={tiny_models / 'ar'}" in line and f"dllmModel={tiny_models / 'dllm'}" in line, text
+    assert "device=cpu" in line and "models=both" in line, text
+    assert "Qwen/Qwen2.5-Coder" not in text and "open-dcoder" not in text, text
+
+
+def test_checkhealth_without_a_server_reads_the_args() -> None:
+    """What :checkhealth says a start would use when no server runs: settings, else args, else defaults."""
+    if NVIM is None:
+        pytest.skip("no nvim")
+    lua = ("local h = require('fim_lsp.health'); local e = h.expected_settings("
+           "{'fim-lsp', '--device', 'cuda:1', '--ar-model=/m/ar', '--device=cpu'}, {dllmModel = '/s/d'}); "
+           "io.stdout:write(vim.json.encode(e))")
+    run = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "--cmd", f"set rtp^={PLUGIN}",
+                          "-c", f"lua {lua}", "-c", "qa!"], capture_output=True, text=True, timeout=60)
+    got = json.loads(run.stdout or run.stderr)
+    assert got == {"models": "both", "device": "cpu", "arModel": "/m/ar", "dllmModel": "/s/d"}
+
+
+# --- issue 18 items 1, 2, 3, 5 ---------------------------------------------------------------------
+
+def test_crlf_file_gets_crlf_lines_on_disk(forced_lines: Path, tmp_path: Path) -> None:
+    """Item 1: accept multi-line ghost text in a CRLF file, :w, and compare the file's bytes."""
+    original = SAMPLE.replace("\n", "\r\n").encode()
+    settings = {**server_settings(forced_lines), "models": "qwen"}  # Qwen's two lines win for sure
+    result = run_scenario("crlf", tmp_path, server_cmd(), settings, content=original)
+    assert result["fileformat"] == "dos" and result["ghost_shown"], result.get("status")
+    inserted = result["item_text"]
+    assert inserted == result["shown"]["inserted"] and "\r\n" in inserted  # the server keeps CRLF
+    for mark in result["marks"]:
+        assert "\r" not in mark["text"]  # no ^M shown
+    assert not [ln for ln in result["lines_after"] if "\r" in ln]
+    written = (tmp_path / "sample.py").read_bytes()
+    assert written == original + b"ret" + inserted.encode() + b"\r\n"  # Neovim ends the last line
+    assert b"\r\r" not in written
+
+
+def test_fim_restart_leaves_one_running_server(forced_lines: Path, tmp_path: Path) -> None:
+    """Item 2: the restarted server is a new client that stays up and serves."""
+    result = run_scenario("restart", tmp_path, server_cmd(), server_settings(forced_lines))
+    assert result["started"] and result["restarted"], result
+    assert result["clients"] == 1 and result["ids"] != [result["old_id"]], result
+    assert result["children"] >= 1  # the server process is there
+    assert result["ghost_shown"]
+    assert_no_lua_errors(result)
+
+
+def test_alt_bracket_cycles_from_automatic_ghost_text(forced_lines: Path, tmp_path: Path) -> None:
+    """Item 3: the automatic answer holds one item; Alt+] fetches the others and shows the next."""
+    result = run_scenario("cycle", tmp_path, server_cmd(), server_settings(forced_lines))
+    assert result["ghost_shown"] and result["items_before"] == 1
+    distinct = list(dict.fromkeys(c["text"].rstrip() for c in result["shown"]["candidates"]))
+    assert len(distinct) == 2, result["shown"]  # "x=1\nx=1" and "x=1"
+    assert result["items_after"] == 2 and result["next_index"] == 2
+    assert result["next_text"] != result["first_text"] and result["prev_text"] == result["first_text"]
+    assert any("(2/2)" in m["text"] or m["text"].startswith(result["next_text"].split("\n")[0])
+               for m in result["next_marks"])
+    assert_no_lua_errors(result)
+
+
+def test_a_clean_start_writes_no_error_lines_to_the_lsp_log(ghost: dict[str, Any]) -> None:
+    """Item 5: Neovim logs a server's stderr as [ERROR]; the weights' progress bars were such lines."""
+    assert "Loading weights" not in ghost["lsp_log"]
+    assert '"stderr"' not in ghost["lsp_log"], ghost["lsp_log"][-2000:]
+
+
+def test_a_failed_load_is_said_once(tmp_path: Path) -> None:
+    """Item 5: the server's showMessage says why; the plugin does not say it again."""
+    missing = tmp_path / "no-such-model"
+    settings = {"device": "cpu", "models": "qwen", "waitForModelsMs": 1000}
+    result = run_scenario("loadfail", tmp_path, server_cmd(), settings, args=["--ar-model", str(missing)])
+    assert result["failed"], result.get("status")
+    said = [n["msg"] for n in result["notifications"] if str(missing) in n["msg"]]
+    assert len(said) == 1, result["notifications"]
+
+
+def test_no_weights_and_no_network_fail_within_seconds(tmp_path: Path) -> None:
+    """Item 5: the default Hub models, an empty cache, and a Hub that refuses connections (a closed
+    local port stands in for a machine without network): "failed" comes after one probe, not after
+    huggingface_hub's retries (96 s)."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    result = run_scenario("loadfail", tmp_path, server_cmd(), {"device": "cpu"}, env_extra=env, timeout=240)
+    print(f"\nno weights, no network: failed after {result['failed_after_ms'] / 1000:.1f} s")
+    assert result["failed"], result.get("status")
+    assert result["failed_after_ms"] < 30_000
+    assert "offline mode is on" in result["status"]["message"] and "hf download" in result["status"]["message"]

@@ -14,8 +14,7 @@ from pygls.exceptions import JsonRpcException
 from fim_lsp.server.context import extract
 from fim_lsp.server.logs import log_file
 from fim_lsp.server.postprocess import postprocess
-from forced import write_forced_pair
-from server_client import Session, start_server
+from server_client import Session, delta, start_server
 
 URI = "file:///work/example.py"
 DOC = "def add(a, b):\n    return a + b\n\n\ndef mean(values):\n    total = \n"
@@ -26,21 +25,10 @@ LINE, COL = 5, 12  # after "total = "
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture(scope="module")
-def forced(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Checkpoints that write "x=1\\nx=1..." whatever the document (tests/forced.py), so what the
-    server offers never depends on what a random model writes."""
-    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-lines"), rule="lines")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def s(forced: Path):
-    async with start_server(forced) as session:
+async def s(forced_lines: Path):
+    async with start_server(forced_lines) as session:
         yield session
-
-
-def delta(after: dict, before: dict, key: str) -> int:
-    return after[key] - before[key]
 
 
 async def _winner_check(s: Session) -> dict:

@@ -107,7 +107,7 @@ def test_settings_apply_good_keys_and_reject_bad_ones_by_name() -> None:
     assert keys["prefixLines"] == 64 and keys["waitForModelsMs"] == 10000 and keys["arModel"]
 
 
-def test_worker_latest_request_wins_and_cancels_at_the_next_step() -> None:
+def test_worker_latest_request_wins_across_documents_and_cancels_at_the_next_step() -> None:
     async def scenario() -> tuple[list[str], float, threading.Thread]:
         before = set(threading.enumerate())
         worker = ModelWorker(asyncio.get_running_loop())
@@ -124,10 +124,10 @@ def test_worker_latest_request_wins_and_cancels_at_the_next_step() -> None:
                 return name
             return fn
 
-        first = worker.submit(loop("a", 1000), key="doc")
+        first = worker.submit(loop("a", 1000), key="doc-a", supersede=True)
         (thread,) = set(threading.enumerate()) - before  # the model thread starts with the first job
         await asyncio.sleep(0.05)
-        second = worker.submit(loop("b", 5), key="doc")
+        second = worker.submit(loop("b", 5), key="doc-b", supersede=True)  # another document
         t = time.perf_counter()
         with pytest.raises(Cancelled):
             await first.future
@@ -149,13 +149,19 @@ def test_readme_section_documents_every_key_with_its_default() -> None:
     import re
     from pathlib import Path
 
+    from fim_lsp.engine.config import ENGINE_RULES, camel
+    from fim_lsp.server.settings import SERVER_RULES
+
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", text, flags=re.M))
+    rows = {key: (default, accepts) for key, default, accepts
+            in re.findall(r"^\| `(\w+)` \| `([^`]*)` \| ([^|]*) \|", text, flags=re.M)}
+    rules = {camel(k): r for k, r in {**ENGINE_RULES, **SERVER_RULES}.items()}
     for key, default in all_defaults().items():
         assert key in rows, f"{key} is not documented"
-        shown = json.loads(rows[key])
+        shown = json.loads(rows[key][0])
         want = list(default) if isinstance(default, tuple) else default
-        assert shown == want, f"{key}: README says {rows[key]}, code says {default!r}"
+        assert shown == want, f"{key}: README says {rows[key][0]}, code says {default!r}"
+        assert rows[key][1] == rules[key].describe(), f"{key}: README accepts {rows[key][1]!r}"
 
 
 def test_token_budgets_cut_at_line_boundaries(tiny_models) -> None:

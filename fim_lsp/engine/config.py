@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .rules import BOOL, CHOICE, FLOAT, INT, INTS, STR, Rule
+
 AR_DEFAULT = "Qwen/Qwen2.5-Coder-0.5B"
 DLLM_DEFAULT = "fredzzp/open-dcoder-0.5B"
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "p2")
@@ -61,36 +63,9 @@ class EngineConfig:
     graph_memory: str | int = "auto"
 
     def validate(self) -> None:
-        """Raise ValueError naming the bad key; the server turns it into a message."""
-        checks: list[tuple[str, bool, str]] = [
-            ("models", self.models in MODEL_CHOICES, f"one of {', '.join(MODEL_CHOICES)}"),
-            ("alg", self.alg in ALGS, f"one of {', '.join(ALGS)}"),
-            ("scoreMode", self.score_mode in SCORE_MODES, "fim or plain"),
-            ("temperature", self.temperature >= 0, ">= 0"),
-            ("topP", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("topK", self.top_k is None or self.top_k >= 1, ">= 1 or null"),
-            ("maxNewTokens", self.max_new_tokens >= 1, ">= 1"),
-            ("steps", self.steps >= 1, ">= 1"),
-            ("algTemp", self.alg_temp >= 0, ">= 0"),
-            ("eps", 0 < self.eps < 1, "in (0, 1)"),
-            ("dllmLength", self.dllm_length is None or self.dllm_length >= 1, ">= 1 or null"),
-            ("dllmLengths", bool(self.dllm_lengths) and all(n >= 1 for n in self.dllm_lengths),
-             "a non-empty list of lengths >= 1"),
-            ("dllmLengthsSingleLine", bool(self.dllm_lengths_single_line)
-             and all(n >= 1 for n in self.dllm_lengths_single_line), "a non-empty list of lengths >= 1"),
-            ("compile", self.compile in COMPILE_CHOICES, "auto, on or off"),
-            ("overlap", self.overlap in COMPILE_CHOICES, "auto, on or off"),
-            ("dllmThreshold", self.dllm_threshold is None or 0 < self.dllm_threshold <= 1, "in (0, 1] or null"),
-            ("dllmCacheRefresh", self.dllm_cache_refresh >= 0, ">= 0"),
-            ("dllmStepsPerToken", self.dllm_steps_per_token is None or self.dllm_steps_per_token > 0, "> 0 or null"),
-            ("profile", self.profile in PROFILES, f"one of {', '.join(PROFILES)}"),
-            ("graphMemory", graph_memory_ok(self.graph_memory), "auto or a number of MB >= 0"),
-            ("dtype", self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"),
-             "auto, float32, bfloat16 or float16"),
-        ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{key} must be {want}")
+        """Raise ValueError naming the bad key (camelCase, as the editor settings spell it)."""
+        for f in dataclasses.fields(self):
+            ENGINE_RULES[f.name].check(camel(f.name), getattr(self, f.name))
 
     def replace(self, **changes: Any) -> "EngineConfig":
         new = dataclasses.replace(self, **changes)
@@ -114,6 +89,43 @@ PROFILES: dict[str, dict[str, Any]] = {
 DEVICE_PROFILES: dict[tuple[str, str], dict[str, Any]] = {("editor", "cuda"): {"dllm_cache_refresh": 0}}
 
 
+# Every field's type and bounds (fim_lsp/engine/rules.py). The bounds are what a request can run
+# with: past them a value breaks every completion (a seed torch refuses, steps that never end) or
+# allocates without limit (hole lengths, new tokens).
+_LENGTH = Rule(INTS, 1, 1024)
+ENGINE_RULES: dict[str, Rule] = {
+    "ar_model": Rule(STR),
+    "dllm_model": Rule(STR),
+    "scorer_model": Rule(STR, nullable=True),
+    "models": Rule(CHOICE, choices=MODEL_CHOICES),
+    "device": Rule(STR),  # whether this machine has it: server.settings.check_device
+    "dtype": Rule(CHOICE, choices=("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")),
+    "temperature": Rule(FLOAT, 0, 10),
+    "top_p": Rule(FLOAT, 0, 1, low_open=True),
+    "top_k": Rule(INT, 1, 1_000_000, nullable=True),
+    "seed": Rule(INT, 0, 2**32 - 1, nullable=True),
+    "max_new_tokens": Rule(INT, 1, 4096),
+    "steps": Rule(INT, 1, 100_000),
+    "alg": Rule(CHOICE, choices=ALGS),
+    "alg_temp": Rule(FLOAT, 0, 100),
+    "eps": Rule(FLOAT, 0, 1, low_open=True, high_open=True),
+    "dllm_length": Rule(INT, 1, 1024, nullable=True),
+    "dllm_lengths": _LENGTH,
+    "dllm_lengths_single_line": _LENGTH,
+    "mask_token": Rule(STR, nullable=True),
+    "dllm_threshold": Rule(FLOAT, 0, 1, low_open=True, nullable=True),
+    "dllm_cache_refresh": Rule(INT, 0, 100_000),
+    "dllm_steps_per_token": Rule(FLOAT, 0, 100, low_open=True, nullable=True),
+    "score_mode": Rule(CHOICE, choices=SCORE_MODES),
+    "score_reuse": Rule(BOOL),
+    "profile": Rule(CHOICE, choices=tuple(PROFILES)),
+    "compile": Rule(CHOICE, choices=COMPILE_CHOICES),
+    "overlap": Rule(CHOICE, choices=COMPILE_CHOICES),
+    # MB; 10 TB is past any device's memory
+    "graph_memory": Rule(INT, 0, 10_000_000, auto=True),
+}
+
+
 def effective(config: EngineConfig, device_type: str = "cpu") -> EngineConfig:
     """The config with its profile's options (for this device type) applied where the user kept the
     exact default."""
@@ -121,10 +133,6 @@ def effective(config: EngineConfig, device_type: str = "cpu") -> EngineConfig:
     options = PROFILES[config.profile] | DEVICE_PROFILES.get((config.profile, device_type), {})
     changes = {k: v for k, v in options.items() if getattr(config, k) == getattr(exact, k)}
     return dataclasses.replace(config, **changes)
-
-
-def graph_memory_ok(value: Any) -> bool:
-    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
 
 
 def _graph_memory(text: str) -> str | int:
@@ -207,24 +215,12 @@ def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None)
 
 
 def config_from_settings(settings: dict[str, Any], base: EngineConfig) -> EngineConfig:
-    """Apply camelCase editor settings; unknown keys are ignored (the server has its own)."""
+    """Apply camelCase editor settings; unknown keys are ignored (the server has its own). Each value
+    must fit its key's Rule: ValueError names the first that does not."""
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     changes: dict[str, Any] = {}
     for key, value in settings.items():
         name = snake(key)
-        if name not in names:
-            continue
-        if name in ("dllm_lengths", "dllm_lengths_single_line") and value is not None:
-            value = tuple(int(v) for v in value)
-        changes[name] = value
-    for name, value in changes.items():
-        if name == "graph_memory":
-            if not graph_memory_ok(value):
-                raise ValueError(f"graphMemory must be auto or a number of MB >= 0, got {value!r}")
-            continue
-        want = type(getattr(EngineConfig(), name))
-        if value is not None and want in (int, float) and not isinstance(value, (int, float)):
-            raise ValueError(f"{camel(name)} must be a number, got {value!r}")
-        if value is not None and want is str and not isinstance(value, str):
-            raise ValueError(f"{camel(name)} must be a string, got {value!r}")
+        if name in names:
+            changes[name] = ENGINE_RULES[name].check(key, value)
     return base.replace(**changes)

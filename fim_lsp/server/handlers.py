@@ -9,6 +9,7 @@ from lsprotocol import types
 from .hover import candidates_json, candidates_markdown
 from .server import CMD_ACCEPTED, CMD_SHOW, CMD_STATS, FimLanguageServer, guarded, reconfigure_engine
 from .service import Offer, accepted_args
+from .settings import as_keys
 
 Items = list[types.InlineCompletionItem]
 
@@ -118,7 +119,8 @@ def register(ls: FimLanguageServer) -> None:
         out = ls.stats.to_dict()
         out.update({"state": ls.loader.state, "models": ls.engine.available,
                     "loadErrors": dict(ls.engine.load_errors), "cacheEntries": len(ls.cache),
-                    "workerBusy": ls.worker.busy, "graphs": ls.engine.graph_stats()})
+                    "workerBusy": ls.worker.busy, "graphs": ls.engine.graph_stats(),
+                    "settings": as_keys(ls.settings, ls.engine.config)})
         return out
 
     @ls.command(CMD_ACCEPTED)

@@ -1,7 +1,9 @@
 """Model loading in the background, with `fimLsp/status` and one message per failure.
 
-The loader gets the engine, the worker and callbacks, never the server. A reload that fails puts the
-previous models back, so a bad setting never leaves the editor without completions."""
+The loader gets the engine, the worker and callbacks, never the server. A reload that fails, or that
+loses a model the previous settings served, puts the previous models back, so a bad setting never
+leaves the editor without completions. A load cancels the completions ahead of it on the model thread
+rather than wait for them, and while it runs the status says "loading", never "ready"."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +16,7 @@ from ..engine.config import EngineConfig
 from ..engine.ensemble import Engine
 from ..engine.loading import ModelLoadError
 from ..engine.results import CancelCheck
+from .hub import offline_unless_reachable
 from .worker import ModelWorker
 
 log = logging.getLogger("fim_lsp.server")
@@ -47,6 +50,8 @@ class ModelLoader:
                              "latencyMs": latency_ms})
 
     def served(self, latency_ms: float, from_cache: bool) -> None:
+        if self.state != "ready":
+            return  # an answer from the cache during a load does not make the models ready
         self.send_status("ready", "served" + (" from cache" if from_cache else ""), latency_ms)
 
     def _show(self, message: str, kind: types.MessageType) -> None:
@@ -65,6 +70,7 @@ class ModelLoader:
         loop = asyncio.get_running_loop()
         engine = self.engine
         previous = engine.config if new_config is not None and engine.available else None
+        served_before = set(engine.available)
 
         def progress(message: str) -> None:  # runs on the worker thread: hand over to the event loop
             if report is not None:
@@ -75,16 +81,26 @@ class ModelLoader:
 
         def work(_cancel: CancelCheck) -> tuple[list[str], str | None]:
             try:
-                if new_config is None or engine.reconfigure(new_config) or not engine.loaded:
-                    engine.load(on_progress=progress)
+                with offline_unless_reachable(new_config or engine.config):
+                    if new_config is None or engine.reconfigure(new_config) or not engine.loaded:
+                        engine.load(on_progress=progress)
+                wanted = {"both": {"qwen", "dllm"}}.get(engine.config.models, {engine.config.models})
+                lost = [engine.load_errors.get(role, f"the {name} model did not load")
+                        for role, name in (("ar", "qwen"), ("dllm", "dllm"))
+                        if name in served_before & wanted and name not in engine.available]
+                if previous is not None and lost:
+                    raise ModelLoadError("; ".join(lost))
                 return messages(), None
             except Exception as err:  # noqa: BLE001 - reported below, with the old models back
                 if previous is None:
                     raise
                 log.warning("reload failed (%s); loading the previous models again", err)
                 engine.reconfigure(previous)
-                engine.load(on_progress=progress)
+                with offline_unless_reachable(previous):
+                    engine.load(on_progress=progress)
                 return messages(), _describe_error(err)
+
+        self.worker.cancel_completions()  # a completion for the old settings must not hold the load up
 
         failure = kept = None
         errors: list[str] = []

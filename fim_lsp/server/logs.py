@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from concurrent_log_handler import ConcurrentRotatingFileHandler
 from lsprotocol import types
 
 LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
@@ -52,6 +52,29 @@ class LspLogHandler(logging.Handler):
             pass
 
 
+class SharedLogFile(ConcurrentRotatingFileHandler):
+    """The log file, shared by every server of this user: a lock file serialises the writers and the
+    rotation, and a writer whose file was rotated by another process reopens the new one (with the
+    stdlib's RotatingFileHandler one server kept writing into `.log.1`). A write that fails (disk full)
+    is said once on stderr, not with a traceback per record."""
+
+    failed = False  # the last write failed, and stderr has said so
+    _ok = True
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._ok = False
+        if not self.failed:
+            self.failed = True
+            print(f"fim-lsp: cannot write the log file {self.baseFilename} ({sys.exc_info()[1]}); "
+                  f"warnings still go to stderr", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._ok = True
+        super().emit(record)  # calls handleError when the write fails
+        if self._ok:
+            self.failed = False  # writing works again: a later failure is news
+
+
 def setup_logging(level: str, ls: Any) -> LspLogHandler:
     logger = logging.getLogger("fim_lsp")
     logger.setLevel(LEVELS.get(level, logging.INFO))
@@ -60,7 +83,7 @@ def setup_logging(level: str, ls: Any) -> LspLogHandler:
     try:
         path = log_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.handlers.RotatingFileHandler(path, maxBytes=5_000_000, backupCount=2, encoding="utf-8")
+        fh = SharedLogFile(path, maxBytes=5_000_000, backupCount=2, encoding="utf-8")
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     except OSError as err:  # a read-only home must not stop the server
@@ -79,3 +102,13 @@ def setup_logging(level: str, ls: Any) -> LspLogHandler:
 
 def set_level(level: str) -> None:
     logging.getLogger("fim_lsp").setLevel(LEVELS.get(level, logging.INFO))
+
+
+def quiet_progress_bars() -> None:
+    """No tqdm bars on stderr: editors log a server's stderr as errors (Neovim's lsp.log has an [ERROR]
+    line per bar), and the server reports loading through $/progress and fimLsp/status instead."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()

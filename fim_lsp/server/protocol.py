@@ -3,7 +3,8 @@
 - a request whose params do not match the LSP schema gets an InvalidParams error response (stock
   pygls logs the failure and never answers, which leaves the client waiting forever);
 - a request after `shutdown` gets an InvalidRequest error (stock pygls drops it: the same wait);
-- after `exit` nothing is written (stdout is closed; a late answer would print a traceback)."""
+- after `exit` nothing is written (stdout is closed; a late answer would print a traceback), nor once
+  the client has closed the connection."""
 from __future__ import annotations
 
 import logging
@@ -55,5 +56,11 @@ class FimProtocol(LanguageServerProtocol):
         super().handle_message(message)
 
     def _send_data(self, data: Any) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             super()._send_data(data)
+        except (BrokenPipeError, ConnectionError):
+            # the client is gone; its end of input ends serving, and nothing more can reach it
+            self.closed = True
+            log.debug("the client closed the connection")

@@ -19,7 +19,7 @@ from ..engine.config import EngineConfig
 from ..engine.ensemble import MODEL_FIELDS, Engine
 from .cache import CompletionCache
 from .loader import ModelLoader
-from .logs import LspLogHandler, set_level, setup_logging
+from .logs import LspLogHandler, quiet_progress_bars, set_level, setup_logging
 from .protocol import FimProtocol
 from .service import CompletionService, Document
 from .settings import ServerSettings, apply_settings
@@ -48,6 +48,7 @@ class FimLanguageServer(LanguageServer):
         self.service = CompletionService(self.engine, self.cache, self.stats, self.worker,
                                          self.loader.wait_ready, self.loader.served)
         self.log_handler: LspLogHandler = setup_logging(log_level, self)
+        quiet_progress_bars()
         self.exit_code = 0  # 1 when the client sends `exit` without `shutdown` first (LSP rule)
         self._reported: set[str] = set()
 
@@ -159,6 +160,7 @@ async def reconfigure_engine(ls: FimLanguageServer, new: EngineConfig) -> None:
     if any(getattr(new, f) != getattr(ls.engine.config, f) for f in MODEL_FIELDS) or not ls.engine.loaded:
         await ls.load_models(new)
         return
+    ls.worker.cancel_completions()  # they run with the old settings; the new ones apply at once
     await ls.worker.submit(lambda _cancel: ls.engine.reconfigure(new)).future
     ls.service.forget()
     log.info("engine settings changed; models kept")

@@ -15,7 +15,7 @@ from ..engine.ensemble import Engine
 from ..engine.prompt import clip_text
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
 from .cache import CompletionCache
-from .context import FimContext, extract, split_lines, single_line_mode
+from .context import FimContext, extract, split_lines, single_line_mode, window_chars
 from .postprocess import Insert, postprocess
 from .settings import ServerSettings
 from .stats import Stats
@@ -71,7 +71,10 @@ class CompletionService:
         self.engine, self.cache, self.stats, self.worker = engine, cache, stats, worker
         self.wait_ready, self.on_served = wait_ready, on_served
         self.last: Offer | None = None  # for hover and fimLsp.showCandidates
-        self._seq: dict[str, int] = {}
+        # Latest-wins across documents: the newest request, and the context it asked for (a request
+        # for the same context, VS Code's inline + regular pair, is not superseded by it).
+        self._seq = 0
+        self._latest: tuple[str, str, str] | None = None
         # Jobs in flight by context: a second request for the same context (VS Code asks for inline
         # and regular completions at once) joins the running job instead of superseding it.
         self._inflight: dict[tuple[str, str], Job] = {}
@@ -81,8 +84,8 @@ class CompletionService:
         self.cache.clear()
         self.last = None
 
-    def _is_latest(self, uri: str, seq: int) -> bool:
-        return self._seq.get(uri) == seq
+    def _is_latest(self, seq: int, key: tuple[str, str, str]) -> bool:
+        return seq == self._seq or key == self._latest
 
     async def complete(self, uri: str, line: int, character: int, doc: Document | None,
                        settings: ServerSettings) -> Offer | None:
@@ -91,15 +94,18 @@ class CompletionService:
         stats = self.stats
         started = time.perf_counter()
         stats.requests += 1
-        seq = self._seq.get(uri, 0) + 1
-        self._seq[uri] = seq
+        self._seq += 1
+        seq, self._latest = self._seq, None
         # A line past the end means the editor's text and ours differ: an item there would land elsewhere.
         if (not settings.enabled or doc is None or len(doc.text) > MAX_DOCUMENT_CHARS
                 or line >= len(split_lines(doc.text))):
             stats.empty += 1
             return None
-        ctx = extract(doc.text, line, character, doc.encoding, settings.prefix_lines, settings.suffix_lines)
+        ctx = extract(doc.text, line, character, doc.encoding, settings.prefix_lines, settings.suffix_lines,
+                      window_chars(settings.max_prefix_tokens), window_chars(settings.max_suffix_tokens))
         single = single_line_mode(ctx, settings.multiline)
+        key = (uri, ctx.prefix, ctx.suffix)
+        self._latest = key
 
         hit = self.cache.get(ctx.prefix, ctx.suffix, uri=uri)
         if hit is not None:
@@ -109,7 +115,7 @@ class CompletionService:
 
         if settings.debounce_ms > 0:
             await asyncio.sleep(settings.debounce_ms / 1000)
-            if not self._is_latest(uri, seq):
+            if not self._is_latest(seq, key):
                 stats.debounced += 1
                 stats.superseded += 1
                 return None
@@ -117,7 +123,7 @@ class CompletionService:
             stats.not_ready += 1
             stats.empty += 1
             return None
-        if not self._is_latest(uri, seq):
+        if not self._is_latest(seq, key):
             stats.superseded += 1
             return None
         if not self.engine.available:
@@ -152,7 +158,8 @@ class CompletionService:
         if job is not None and not job.cancelled() and not job.future.done():
             self.stats.joined += 1
             return job
-        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, single, cancel), key=uri)
+        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, single, cancel), key=uri,
+                                 supersede=True)
         self._inflight[key] = job
         job.future.add_done_callback(lambda _f: self._inflight.pop(key, None) if self._inflight.get(key) is job else None)
         return job

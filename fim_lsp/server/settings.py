@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..engine.config import EngineConfig, camel, config_from_settings, snake
+from ..engine.rules import BOOL, CHOICE, INT, Rule
 from ..engine.loading import ModelLoadError, _cached, _explain, _is_local, resolve_device, resolve_dtype
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
@@ -37,20 +38,24 @@ class ServerSettings:
     multiline: str = "auto"  # auto: single-line when code follows the cursor; "always" / "never"
 
     def validate(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("prefixLines", self.prefix_lines >= 0, ">= 0"),
-            ("suffixLines", self.suffix_lines >= 0, ">= 0"),
-            ("maxPrefixTokens", self.max_prefix_tokens >= 0, ">= 0 (0 = no token budget)"),
-            ("maxSuffixTokens", self.max_suffix_tokens >= 0, ">= 0 (0 = no token budget)"),
-            ("debounceMs", 0 <= self.debounce_ms <= 60000, "between 0 and 60000"),
-            ("waitForModelsMs", self.wait_for_models_ms >= 0, ">= 0"),
-            ("cacheSize", self.cache_size >= 0, ">= 0 (0 disables the cache)"),
-            ("logLevel", self.log_level in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
-            ("multiline", self.multiline in ("auto", "always", "never"), "auto, always or never"),
-        ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ValueError(f"{key} must be {want}")
+        """Raise ValueError naming the first key whose value its Rule refuses."""
+        for f in dataclasses.fields(self):
+            SERVER_RULES[f.name].check(camel(f.name), getattr(self, f.name))
+
+
+# Every server key's type and bounds (see fim_lsp/engine/rules.py for how a value is checked).
+SERVER_RULES: dict[str, Rule] = {
+    "enabled": Rule(BOOL),
+    "prefix_lines": Rule(INT, 0, 100_000),
+    "suffix_lines": Rule(INT, 0, 100_000),
+    "max_prefix_tokens": Rule(INT, 0, 32_768),  # Qwen2.5-Coder's context is 32k tokens
+    "max_suffix_tokens": Rule(INT, 0, 32_768),
+    "debounce_ms": Rule(INT, 0, 60_000),
+    "wait_for_models_ms": Rule(INT, 0, 600_000),
+    "cache_size": Rule(INT, 0, 100_000),
+    "log_level": Rule(CHOICE, choices=LOG_LEVELS, fold_case=True),
+    "multiline": Rule(CHOICE, choices=("auto", "always", "never")),
+}
 
 
 SERVER_KEYS = {camel(f.name): f for f in dataclasses.fields(ServerSettings)}
@@ -77,21 +82,6 @@ def unwrap(raw: Any) -> dict[str, Any]:
     return raw
 
 
-def _server_value(key: str, value: Any, current: Any) -> Any:
-    want = type(current)
-    if want is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
-        return value
-    if want is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be a string, got {value!r}")
-    return value.lower() if key == "logLevel" else value
-
-
 def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig) -> SettingsUpdate:
     """New settings from `raw`; rejected keys keep their old value and are listed in `errors`."""
     values = unwrap(raw)
@@ -100,24 +90,27 @@ def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig) -> Se
         if key in SERVER_KEYS:
             name = SERVER_KEYS[key].name
             try:
-                candidate = dataclasses.replace(update.server, **{name: _server_value(
-                    key, value, getattr(update.server, name))})
-                candidate.validate()
-            except (ValueError, TypeError) as err:
-                update.errors.append(f"fimLsp.{key}: {err}")
+                candidate = dataclasses.replace(update.server, **{name: SERVER_RULES[name].check(key, value)})
+            except ValueError as err:
+                update.errors.append(_error(key, err))
                 continue
             update.server = candidate
         elif key in ENGINE_KEYS:
             try:
                 candidate_engine = config_from_settings({key: value}, update.engine)
                 check_engine(candidate_engine, update.engine)
-            except (ValueError, TypeError) as err:
-                update.errors.append(f"fimLsp.{key}: {err}")
+            except Exception as err:  # noqa: BLE001 - whatever a check raises, it is this key's fault
+                update.errors.append(_error(key, err))
                 continue
             update.engine = candidate_engine
         else:
             update.unknown.append(key)
     return update
+
+
+def _error(key: str, err: Exception) -> str:
+    text = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+    return f"fimLsp.{key}: {text.removeprefix(key + ' ')}"
 
 
 def check_engine(new: EngineConfig, old: EngineConfig | None = None) -> None:
@@ -142,13 +135,19 @@ def check_engine(new: EngineConfig, old: EngineConfig | None = None) -> None:
 
 def check_device(config: EngineConfig) -> None:
     """Raise ValueError unless `device` names a device this torch can use, with a usable `dtype`."""
+    want = "use auto, cpu, cuda, cuda:N or mps"
     try:
         device = resolve_device(config.device)
     except RuntimeError:
-        raise ValueError(f"device {config.device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
-    usable = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if not usable.get(device.type, lambda: True)():
+        raise ValueError(f"device {config.device!r} is not a torch device; {want}") from None
+    # torch knows more device types (meta, xla, ...): models "load" on meta and then every request fails
+    usable = {"cpu": lambda: True, "cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type not in usable:
+        raise ValueError(f"device {config.device!r} cannot run the models; {want}")
+    if not usable[device.type]():
         raise ValueError(f"device {config.device!r}: this machine's torch cannot use {device.type}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {config.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     resolve_dtype(config.dtype, device)
 
 
@@ -170,12 +169,16 @@ def resolve_model(name: str, role: str) -> None:
         raise ModelLoadError(_explain(name, role, FileNotFoundError("not in the cache")))
 
 
-def all_defaults() -> dict[str, Any]:
-    """Every key with its default for the server, camelCase, as the README documents them."""
-    engine = dataclasses.replace(EngineConfig(), **SERVER_ENGINE_DEFAULTS)
+def as_keys(server: ServerSettings, engine: EngineConfig) -> dict[str, Any]:
+    """Every key with its value, camelCase, as the editor writes them (lists for tuples)."""
     out = {camel(f.name): getattr(engine, f.name) for f in dataclasses.fields(EngineConfig)}
-    out.update({camel(f.name): getattr(ServerSettings(), f.name) for f in dataclasses.fields(ServerSettings)})
-    return out
+    out.update({camel(f.name): getattr(server, f.name) for f in dataclasses.fields(ServerSettings)})
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-__all__ = ["ServerSettings", "SettingsUpdate", "apply_settings", "check_engine", "unwrap", "all_defaults", "snake"]
+def all_defaults() -> dict[str, Any]:
+    """Every key with its default for the server, as the README documents them."""
+    return as_keys(ServerSettings(), dataclasses.replace(EngineConfig(), **SERVER_ENGINE_DEFAULTS))
+
+
+__all__ = ["ServerSettings", "SettingsUpdate", "apply_settings", "check_engine", "unwrap", "all_defaults", "as_keys", "snake"]

@@ -1,8 +1,10 @@
 """One thread for all model work (one GPU queue), so the event loop never blocks on a model.
 
-Per document the latest request wins: submitting a job with a key cancels the older job with the
-same key. A cancelled job answers at once (its future fails with Cancelled right away) and its model
-loop, if running, stops at the next decode/diffusion step when it polls the flag."""
+The latest completion wins, across documents (the user looks at one cursor): submitting a job with
+`supersede` cancels every completion job still queued or running, whatever its document. A cancelled
+job answers at once (its future fails with Cancelled right away) and its model loop, if running, stops
+at the next decode/diffusion step when it polls the flag. Loads and reconfigurations are not
+superseded; they cancel the completions ahead of them instead (`cancel_completions`)."""
 from __future__ import annotations
 
 import asyncio
@@ -63,41 +65,39 @@ class ModelWorker:
         # The loop may not exist yet (the server is built before it serves): the first submit binds it.
         self.loop = loop
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._latest: dict[str, Job] = {}
+        self._live: set[Job] = set()  # completion jobs queued or running
         self._current: Job | None = None
         self._closed = False
         self.busy = False
         self._thread = threading.Thread(target=self._run, name="fim-lsp-model", daemon=True)
 
-    def submit(self, fn: Callable[[CancelCheck], Any], key: str | None = None) -> Job:
-        """Event loop thread only. `fn` gets the cancel check to hand to the engine."""
+    def submit(self, fn: Callable[[CancelCheck], Any], key: str | None = None, supersede: bool = False) -> Job:
+        """Event loop thread only. `fn` gets the cancel check to hand to the engine. With `supersede`
+        (a completion), every other completion job is cancelled first; `key` names its document."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         if self._thread.ident is None:
             self._thread.start()
         job = Job(fn, key, self.loop)
-        if key is not None:
-            old = self._latest.get(key)
-            if old is not None:
-                old.cancel(SUPERSEDED)
-            self._latest[key] = job
-            job.future.add_done_callback(lambda _f, k=key, j=job: self._forget(k, j))
+        if supersede:
+            self.cancel_completions(SUPERSEDED)
+            self._live.add(job)
+            job.future.add_done_callback(lambda _f, j=job: self._live.discard(j))
         self._queue.put(job)
         return job
 
-    def _forget(self, key: str, job: Job) -> None:
-        if self._latest.get(key) is job:
-            del self._latest[key]
+    def cancel_completions(self, reason: str = CANCELLED) -> None:
+        """Event loop thread only: cancel every completion job, queued or running."""
+        for job in list(self._live):
+            job.cancel(reason)
 
     def cancel_key(self, key: str, reason: str = CANCELLED) -> None:
-        job = self._latest.get(key)
-        if job is not None:
+        for job in [j for j in self._live if j.key == key]:
             job.cancel(reason)
 
     def stop(self) -> None:
         """Event loop thread only: stop every running or queued request, then the thread."""
-        for job in list(self._latest.values()):
-            job.cancel(CANCELLED)
+        self.cancel_completions(CANCELLED)
         self._queue.put(None)
 
     def close(self, timeout: float) -> bool:
@@ -105,7 +105,7 @@ class ModelWorker:
         A model loop still inside torch when the interpreter exits aborts the process (SIGABRT), so
         the caller exits only after this. False when the thread outlived `timeout` (e.g. mid-load)."""
         self._closed = True
-        for job in [*self._latest.values(), self._current]:
+        for job in [*self._live, self._current]:
             if job is not None:
                 job.flag.set()
         self._queue.put(None)

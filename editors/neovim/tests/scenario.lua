@@ -1,7 +1,8 @@
 -- Drives a headless Neovim through one scenario and writes what it saw to a JSON file.
 -- Run: FIM_TEST=... FIM_OUT=out.json nvim --headless -u NONE -i NONE -S scenario.lua
--- Env: FIM_TEST (ghost|fail|health), FIM_OUT, FIM_CMD (JSON list), FIM_SETTINGS (JSON),
---      FIM_FILE (a .py file to edit), FIM_PLUGIN (the editors/neovim directory).
+-- Env: FIM_TEST (ghost|fail|health|crlf|cycle|restart|loadfail), FIM_OUT, FIM_CMD (JSON list),
+--      FIM_ARGS (JSON list, setup's `args`), FIM_SETTINGS (JSON), FIM_FILE (a .py file to edit),
+--      FIM_PLUGIN (the editors/neovim directory).
 -- Keys go through nvim_input, so they are handled by the main loop like real typing.
 vim.opt.rtp:prepend(os.getenv("FIM_PLUGIN"))
 vim.cmd("filetype on")
@@ -15,6 +16,11 @@ vim.notify = function(msg, level, opts)
 end
 
 local function finish()
+  local log = io.open(vim.lsp.get_log_path(), "rb")
+  out.lsp_log = log and log:read("*a") or ""
+  if log then
+    log:close()
+  end
   out.messages = vim.fn.execute("messages")
   out.errmsg = vim.v.errmsg
   local f = assert(io.open(os.getenv("FIM_OUT"), "w"))
@@ -89,9 +95,11 @@ end
 
 local scenarios = {}
 
-function scenarios.ghost()
+--- Edit FIM_FILE and wait until the server is ready; returns the client (nil when it never was).
+local function open_and_wait_ready()
   vim.cmd.edit(os.getenv("FIM_FILE"))
   out.filetype = vim.bo.filetype
+  out.fileformat = vim.bo.fileformat
   local t0 = vim.uv.now()
   out.started = wait_for(function()
     local c = client()
@@ -100,17 +108,39 @@ function scenarios.ghost()
   out.ready_after_ms = vim.uv.now() - t0
   local c = client()
   out.status = c and fim.status[c.id]
-  if not c then
-    return
-  end
-  -- Append to the last line in insert mode, as a user would.
+  return c
+end
+
+--- Append "ret" to the last line in insert mode, as a user would, and wait for ghost text.
+local function type_and_wait_for_ghost()
   vim.api.nvim_win_set_cursor(0, { vim.api.nvim_buf_line_count(0), 0 })
   vim.api.nvim_input("A")
   sleep(50)
   vim.api.nvim_input("ret")
-  out.ghost_shown = wait_for(function()
+  return wait_for(function()
     return #ghost_marks() > 0
   end, 60000)
+end
+
+local function show_candidates(c)
+  local done, shown = false, nil
+  require("fim_lsp.util").request(c, "workspace/executeCommand", { command = "fimLsp.showCandidates", arguments = {} }, function(_, res)
+    shown = res
+    done = true
+  end, 0)
+  wait_for(function()
+    return done
+  end, 10000)
+  return shown
+end
+
+function scenarios.ghost()
+  local t0 = vim.uv.now()
+  local c = open_and_wait_ready()
+  if not c then
+    return
+  end
+  out.ghost_shown = type_and_wait_for_ghost()
   out.ghost_after_ms = vim.uv.now() - t0
   out.mode = vim.fn.mode()
   out.marks = ghost_marks()
@@ -119,17 +149,7 @@ function scenarios.ghost()
   out.cursor_before = vim.api.nvim_win_get_cursor(0)
   out.before = buffer_text()
 
-  -- What the server says it offered, to compare with the extmark.
-  local done = false
-  fim.client(0)
-  require("fim_lsp.util").request(c, "workspace/executeCommand", { command = "fimLsp.showCandidates", arguments = {} }, function(err, res)
-    out.show_err = err
-    out.shown = res
-    done = true
-  end, 0)
-  wait_for(function()
-    return done
-  end, 10000)
+  out.shown = show_candidates(c) -- what the server says it offered, to compare with the extmark
 
   vim.api.nvim_input("<Tab>")
   wait_for(function()
@@ -172,6 +192,92 @@ function scenarios.ghost()
   end
 end
 
+-- A CRLF file (fileformat=dos): accept multi-line ghost text and write the file.
+function scenarios.crlf()
+  local c = open_and_wait_ready()
+  if not c then
+    return
+  end
+  out.ghost_shown = type_and_wait_for_ghost()
+  out.marks = ghost_marks()
+  local item = ghost.current(0)
+  out.item_text = item and item.text
+  out.shown = show_candidates(c)
+  local before = buffer_text()
+  vim.api.nvim_input("<Tab>")
+  wait_for(function()
+    return buffer_text() ~= before
+  end, 5000)
+  out.lines_after = vim.api.nvim_buf_get_lines(0, 0, -1, false)
+  vim.api.nvim_input("<Esc>")
+  sleep(50)
+  vim.cmd.write()
+end
+
+-- Alt+] and Alt+[ on automatic ghost text (which holds the winner only).
+function scenarios.cycle()
+  local c = open_and_wait_ready()
+  if not c then
+    return
+  end
+  out.ghost_shown = type_and_wait_for_ghost()
+  local first = ghost.current(0)
+  out.first_text = first and first.text
+  out.items_before = #ghost.state[vim.api.nvim_get_current_buf()].items
+  vim.api.nvim_input("<M-]>")
+  wait_for(function()
+    local cur = ghost.current(0)
+    return cur ~= nil and cur.text ~= out.first_text
+  end, 20000)
+  local st = ghost.state[vim.api.nvim_get_current_buf()]
+  out.next_text = ghost.current(0) and ghost.current(0).text
+  out.next_index, out.items_after = st.index, #st.items
+  out.next_marks = ghost_marks()
+  vim.api.nvim_input("<M-[>")
+  wait_for(function()
+    return st.index == 1
+  end, 5000)
+  out.prev_text = ghost.current(0) and ghost.current(0).text
+  out.shown = show_candidates(c)
+end
+
+-- :FimRestart must leave one running server that serves.
+function scenarios.restart()
+  local c = open_and_wait_ready()
+  if not c then
+    return
+  end
+  out.old_id = c.id
+  vim.cmd("FimRestart")
+  out.restarted = wait_for(function()
+    local n = client()
+    return n ~= nil and n.id ~= out.old_id and n.initialized and fim.status[n.id] ~= nil
+      and fim.status[n.id].state == "ready"
+  end, 90000)
+  sleep(2000) -- the old client exited half a second after a restart that reused it
+  local now = vim.lsp.get_clients({ name = "fim_lsp" })
+  out.clients = #now
+  out.ids = vim.tbl_map(function(x)
+    return x.id
+  end, now)
+  out.children = #vim.api.nvim_get_proc_children(vim.fn.getpid())
+  out.ghost_shown = type_and_wait_for_ghost()
+end
+
+-- A load that fails: how often it is said, and how long "loading" lasted.
+function scenarios.loadfail()
+  local t0 = vim.uv.now()
+  vim.cmd.edit(os.getenv("FIM_FILE"))
+  out.failed = wait_for(function()
+    local c = client()
+    return c ~= nil and fim.status[c.id] ~= nil and fim.status[c.id].state == "failed"
+  end, 150000)
+  out.failed_after_ms = vim.uv.now() - t0
+  local c = client()
+  out.status = c and fim.status[c.id]
+  sleep(1000) -- let any second report of the same failure arrive
+end
+
 function scenarios.fail()
   vim.cmd.edit(os.getenv("FIM_FILE"))
   wait_for(function()
@@ -202,6 +308,7 @@ end
 local ok_settings, settings = pcall(vim.json.decode, os.getenv("FIM_SETTINGS") or "{}")
 fim.setup({
   cmd = vim.json.decode(os.getenv("FIM_CMD")),
+  args = vim.json.decode(os.getenv("FIM_ARGS") or "[]"),
   settings = ok_settings and settings or {},
   debounce_ms = 30,
 })

@@ -21,6 +21,7 @@ M.ns = vim.api.nvim_create_namespace("fim_lsp.ghost")
 ---@field index integer
 ---@field tick integer            changedtick the items belong to
 ---@field cursor {[1]: integer, [2]: integer}
+---@field complete boolean        the items are every candidate (an invoked request), not the automatic one
 
 ---@type table<integer, fim_lsp.GhostState>
 M.state = {}
@@ -84,7 +85,7 @@ local function remaining_lines(bufnr, item)
       text = text:sub(#typed + 1)
     end
   end
-  return vim.split(text, "\n", { plain = true })
+  return util.lines(text)
 end
 
 ---@param bufnr integer
@@ -144,7 +145,8 @@ end
 --- Ask for completions now, replacing any request still in flight.
 ---@param bufnr integer
 ---@param trigger_kind? integer 1 = invoked, 2 = automatic
-function M.request(bufnr, trigger_kind)
+---@param step? integer show the candidate this far from the first (cycling), instead of the first
+function M.request(bufnr, trigger_kind, step)
   local st = M.state[bufnr]
   local client = st and vim.lsp.get_client_by_id(st.client_id)
   if not client or vim.api.nvim_get_current_buf() ~= bufnr or not vim.fn.mode():match("^i") then
@@ -187,7 +189,9 @@ function M.request(bufnr, trigger_kind)
     if #items == 0 then
       return
     end
-    st.items, st.index, st.tick, st.cursor = items, 1, tick, cursor
+    st.items, st.tick, st.cursor = items, tick, cursor
+    st.index = (step or 0) % #items + 1
+    st.complete = (trigger_kind or 2) == 1
     render(bufnr)
   end, bufnr)
   if ok then
@@ -226,7 +230,7 @@ function M.accept(bufnr)
   end
   local st = M.state[bufnr]
   M.clear(bufnr)
-  local lines = vim.split(item.text, "\n", { plain = true })
+  local lines = util.lines(item.text)
   local r = item.range
   vim.api.nvim_buf_set_text(bufnr, r[1], r[2], r[3], r[4], lines)
   local end_row = r[1] + #lines
@@ -249,6 +253,12 @@ function M.cycle(bufnr, delta)
   local st = M.state[bufnr]
   if not M.visible(bufnr) then
     M.request(bufnr, 1)
+    return
+  end
+  if not st.complete then
+    -- An automatic answer holds the winner only: ask for every candidate (the server answers this
+    -- context from its cache) and step from the winner, which comes first.
+    M.request(bufnr, 1, st.index - 1 + delta)
     return
   end
   st.index = (st.index - 1 + delta) % #st.items + 1
@@ -296,7 +306,7 @@ function M.attach(client, bufnr)
     M.state[bufnr].client_id = client.id
     return
   end
-  M.state[bufnr] = { client_id = client.id, items = {}, index = 0, tick = -1, cursor = { 0, 0 } }
+  M.state[bufnr] = { client_id = client.id, items = {}, index = 0, tick = -1, cursor = { 0, 0 }, complete = false }
   vim.api.nvim_set_hl(0, "FimLspGhost", { link = "Comment", default = true })
   vim.api.nvim_set_hl(0, "FimLspGhostIndex", { link = "NonText", default = true })
   set_keymaps(bufnr)

@@ -1,5 +1,6 @@
 -- :checkhealth fim_lsp
 local config = require("fim_lsp.config")
+local util = require("fim_lsp.util")
 
 local M = {}
 
@@ -28,6 +29,45 @@ function M.python_of(cmd)
     shebang = vim.fn.exepath(first:match("^#!%s*%S+%s+(%S+)") or "")
   end
   return shebang ~= "" and shebang or nil
+end
+
+--- Where a server setting comes from when no server can tell: the editor setting, else the command
+--- line's option (`--flag value` or `--flag=value`), else the server's default.
+---@param cmd string[]
+---@param settings table
+---@return table<string, string>
+function M.expected_settings(cmd, settings)
+  local keys = {
+    { "models", "--models", "both" },
+    { "device", "--device", "auto" },
+    { "arModel", "--ar-model", "Qwen/Qwen2.5-Coder-0.5B" },
+    { "dllmModel", "--dllm-model", "fredzzp/open-dcoder-0.5B" },
+  }
+  local out = {}
+  for _, k in ipairs(keys) do
+    local key, flag, default = k[1], k[2], k[3]
+    local value = settings[key] ~= nil and tostring(settings[key]) or nil
+    if value == nil then
+      for i, arg in ipairs(cmd) do -- the last occurrence wins, as with argparse
+        if arg == flag and cmd[i + 1] then
+          value = cmd[i + 1]
+        end
+        value = arg:match("^" .. vim.pesc(flag) .. "=(.*)$") or value
+      end
+    end
+    out[key] = value or default
+  end
+  return out
+end
+
+local function settings_line(values, source)
+  return ("settings (%s): models=%s device=%s arModel=%s dllmModel=%s"):format(
+    source,
+    tostring(values.models),
+    tostring(values.device),
+    tostring(values.arModel),
+    tostring(values.dllmModel)
+  )
 end
 
 local function run(argv)
@@ -111,15 +151,17 @@ function M.check()
       end
     end
   end
-  local s = config.options.settings
-  h.info(
-    ("settings: models=%s device=%s arModel=%s dllmModel=%s"):format(
-      tostring(s.models or "both"),
-      tostring(s.device or "auto"),
-      tostring(s.arModel or "Qwen/Qwen2.5-Coder-0.5B"),
-      tostring(s.dllmModel or "fredzzp/open-dcoder-0.5B")
-    )
-  )
+  -- The running server knows what it uses; without one, say what a start would use.
+  for _, client in ipairs(clients) do
+    local resp = util.request_sync(client, "workspace/executeCommand", { command = "fimLsp.stats", arguments = {} }, 3000)
+    local got = resp and resp.result and resp.result.settings
+    if type(got) == "table" then
+      h.info(settings_line(got, ("in force, from client %d"):format(client.id)))
+    end
+  end
+  if #clients == 0 then
+    h.info(settings_line(M.expected_settings(cmd, config.options.settings), "for the next start"))
+  end
 end
 
 return M

@@ -15,6 +15,10 @@ M.status = {}
 ---@type table<string, string>
 M.failures = {}
 
+--- Clients that :FimRestart stopped: never reused, even while their process still winds down.
+---@type table<integer, true>
+M.stopping = {}
+
 local group = vim.api.nvim_create_augroup("fim_lsp", { clear = true })
 
 local function on_status(_, params, ctx)
@@ -24,9 +28,8 @@ local function on_status(_, params, ctx)
   local prev = M.status[ctx.client_id]
   M.status[ctx.client_id] = params
   local changed = not prev or prev.state ~= params.state
-  if changed and params.state == "failed" then
-    util.notify("the models failed to load: " .. tostring(params.message or "?"), vim.log.levels.ERROR)
-  elseif changed and params.state == "ready" and config.options.notify_ready then
+  -- A failed load is not announced here: the server says why itself (window/showMessage), once.
+  if changed and params.state == "ready" and config.options.notify_ready then
     util.notify("models ready: " .. table.concat(params.models or {}, ", "))
   end
   vim.api.nvim_exec_autocmds("User", { pattern = "FimLspStatus", modeline = false, data = params })
@@ -108,7 +111,10 @@ function M.start(bufnr)
     bufnr = bufnr,
     -- One server per command line, whatever the root: the models are the expensive part.
     reuse_client = function(client, conf)
-      return client.name == conf.name and vim.deep_equal(client.config.cmd, conf.cmd)
+      return client.name == conf.name
+        and vim.deep_equal(client.config.cmd, conf.cmd)
+        and not M.stopping[client.id]
+        and not util.is_stopped(client)
     end,
   })
 end
@@ -137,26 +143,44 @@ function M.enable(on)
   end
 end
 
+--- Stop the running servers; start a new one once they are gone (at most `RESTART_WAIT_MS`, then the
+--- old process is killed), so two servers never hold the models at once.
+M.RESTART_WAIT_MS = 5000
+
 function M.restart()
   M.failures = {}
-  local bufs = {}
+  local bufs, old = {}, {}
   for _, client in ipairs(vim.lsp.get_clients({ name = M.name })) do
     for buf in pairs(client.attached_buffers) do
       bufs[#bufs + 1] = buf
     end
+    M.stopping[client.id] = true
+    old[#old + 1] = client.id
     util.stop_client(client)
   end
   if #bufs == 0 then
     bufs = { vim.api.nvim_get_current_buf() }
   end
-  -- Give the old process a moment to release the stdio pipes before the new one starts.
-  vim.defer_fn(function()
+  local deadline = vim.uv.now() + M.RESTART_WAIT_MS
+  local function start_when_gone()
+    -- A client stays registered until its process has exited.
+    local alive = vim.tbl_filter(function(id)
+      return vim.lsp.get_client_by_id(id) ~= nil
+    end, old)
+    if #alive > 0 and vim.uv.now() < deadline then
+      vim.defer_fn(start_when_gone, 50)
+      return
+    end
+    for _, id in ipairs(alive) do
+      vim.lsp.get_client_by_id(id).rpc.terminate() -- stop(true) does nothing to a client already stopping
+    end
     for _, buf in ipairs(bufs) do
       if vim.api.nvim_buf_is_valid(buf) and vim.tbl_contains(config.options.filetypes, vim.bo[buf].filetype) then
         M.start(buf)
       end
     end
-  end, 200)
+  end
+  start_when_gone()
 end
 
 --- A short string for statuslines, e.g. "fim: ready 120ms".

@@ -22,6 +22,14 @@ function M.request(client, method, params, handler, bufnr)
   return client.request(method, params, handler, bufnr)
 end
 
+---@return table? response {err, result}, or nil on timeout
+function M.request_sync(client, method, params, timeout_ms, bufnr)
+  if has_011 then
+    return client:request_sync(method, params, timeout_ms, bufnr)
+  end
+  return client.request_sync(method, params, timeout_ms, bufnr)
+end
+
 function M.cancel(client, id)
   if has_011 then
     return client:cancel_request(id)
@@ -36,11 +44,27 @@ function M.notify_client(client, method, params)
   return client.notify(method, params)
 end
 
+---@return boolean
+function M.is_stopped(client)
+  if has_011 then
+    return client:is_stopped()
+  end
+  return client.is_stopped()
+end
+
 function M.stop_client(client)
   if has_011 then
     return client:stop()
   end
   return client.stop()
+end
+
+--- Buffer lines of a server text. The server writes a CRLF document's line breaks as CRLF, while a
+--- buffer line holds no line ending at all (Neovim adds the file's on :w): split on CRLF, LF and CR.
+---@param text string
+---@return string[]
+function M.lines(text)
+  return vim.split((text:gsub("\r\n?", "\n")), "\n", { plain = true })
 end
 
 --- Byte column of an LSP position in a buffer line.
