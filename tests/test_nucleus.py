@@ -112,6 +112,13 @@ def test_a_batch_mixes_both_ways_row_by_row():
     assert 0 < sum(bool(candidates_floor(probs, 0.5)[1][i]) for i in range(len(names))) < len(names)
 
 
+def test_many_rows_go_through_the_radix_select_in_parts():
+    """More rows than one histogram pass holds (the diffusion sampler's hole positions, batched)."""
+    rows = [CASES["distinct, past the candidates"][0], CASES["ties at the cut, past the candidates"][0]] * 35
+    probs = torch.softmax(torch.stack(rows), dim=-1)
+    assert torch.equal(radix_floor(probs, DISTINCT_TOP_P), sorted_floor(probs, DISTINCT_TOP_P))
+
+
 def sorted_filter(logits: torch.Tensor, top_p: float | None, top_k: int | None,
                   monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
     """The engine's filter with the floor found by a sort: the reference."""

@@ -11,11 +11,11 @@ engine finds the same floor in one of two ways:
 
 - `candidates_floor`: from the top NUCLEUS_CANDIDATES probabilities (a top-k, ~1/30 of a sort). It
   decides every row whose nucleus ends among them; for a trained model that is nearly every row.
-- `radix_floor`: the floor's float bits digit by digit (11, 11, then 10 bits), as a radix select finds a
-  rank: three histogram passes of the probability mass over the row. No sort, no data-dependent branch,
-  so it also runs inside a captured CUDA graph or a fullgraph compile. Masses are summed in float64
-  (float32 where the device has no float64) and compared with top_p in float32, as the sorted
-  cumulative sum is on a CPU, so the two agree up to the order of float64 additions.
+- `radix_floor`: the floor's float bits in two digits of 16 bits, as a radix select finds a rank: two
+  histogram passes of the probability mass over the row. No sort, no data-dependent branch, so it also
+  runs inside a captured CUDA graph or a fullgraph compile. Masses are summed in float64 (float32 where
+  the device has no float64) and compared with top_p in float32, as the sorted cumulative sum is on a
+  CPU, so the two agree up to the order of float64 additions.
 
 `nucleus_floor` takes the candidates and falls back to the radix select for the rows they do not
 decide; `branch_free=True` (the static path) takes the radix select for every row. A vocabulary no
@@ -27,7 +27,9 @@ import torch
 # A trained code model's nucleus at the usual temperatures lies within its top few hundred tokens
 # (random weights spread it over most of the vocabulary: every row falls back).
 NUCLEUS_CANDIDATES = 256
-_DIGITS = (11, 11, 10)  # the bits of a float32, from the top (the sign bit is 0)
+_HIGH = 0x3F81  # values of the high 16 bits of a float32 in [0, 1] (1.0 is 0x3F800000)
+_LOW = 1 << 16
+_ROWS = 64
 
 
 def _mass_dtype(device: torch.device) -> torch.dtype:
@@ -59,37 +61,31 @@ def candidates_floor(probs: torch.Tensor, top_p: float,
 
 
 def radix_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The floor [N, 1] of rows of non-negative float32 probabilities [N, V], without a sort.
+    """The floor [N, 1] of rows of probabilities [N, V] (float32, in [0, 1]), without a sort.
 
     The floor is the largest probability v whose mass "all tokens with p >= v" exceeds top_p. A
-    non-negative float32 orders like its bits read as an integer, so v is found digit by digit from
-    the top (11, 11, then 10 bits): among the tokens that share the digits found so far, the mass per
-    value of the next digit, summed from the top on the mass of the tokens already above, picks the
-    last digit whose mass still exceeds top_p. Histograms of 2048 bins keep it small for many rows."""
+    non-negative float32 orders like its bits read as an integer, so v is found in two digits: the high
+    16 bits (the last value whose mass from the top still exceeds top_p), then the low 16 bits among
+    the tokens that share them, counting the mass of the tokens above. Rows go _ROWS at a time, which
+    bounds the histograms' memory (~0.65 MB a row)."""
+    if probs.size(0) > _ROWS:
+        return torch.cat([radix_floor(part, top_p) for part in probs.split(_ROWS)])
     bits = probs.contiguous().view(torch.int32)
     mass = probs.to(_mass_dtype(probs.device))
-    n = probs.size(0)
-    prefix = torch.zeros((n, 1), dtype=torch.int32, device=probs.device)  # the floor's bits found so far
-    above = torch.zeros((n, 1), dtype=mass.dtype, device=probs.device)  # mass of the tokens above them
-    keep_all = torch.zeros((n, 1), dtype=torch.bool, device=probs.device)
-    shift = 32
-    for width in _DIGITS:
-        shift -= width
-        size = 1 << width
-        digit = ((bits >> shift) & (size - 1)).long()
-        if shift + width < 32:  # tokens outside the prefix go to one extra bin, dropped
-            digit = digit.masked_fill((bits >> (shift + width)) != (prefix >> (shift + width)), size)
-        hist = torch.zeros((n, size + 1), dtype=mass.dtype, device=probs.device).scatter_add_(-1, digit, mass)
-        from_top = above + hist[:, :size].flip(-1).cumsum(-1).flip(-1)  # [n, d]: mass of the tokens >= d
-        d = (from_top.float() > top_p).sum(-1, keepdim=True) - 1
-        if shift + width == 32:
-            keep_all = d < 0  # no token's mass from the top passes top_p
-        # later digits: >= 0 by the choice of the earlier ones; the clamp only guards a float64 rounding
-        # tie between two passes
-        d = d.clamp(min=0)
-        above = torch.where(d + 1 < size, from_top.gather(-1, (d + 1).clamp(max=size - 1)), above)
-        prefix = prefix | (d.int() << shift)
-    return torch.where(keep_all, torch.zeros_like(probs[:, :1]), prefix.view(torch.float32))
+    n, dev = probs.size(0), probs.device
+    high = (bits >> 16).long().clamp_(0, _HIGH - 1)  # a probability <= 1.0 has high bits <= 0x3F80 (NaN: clamped)
+    per_high = torch.zeros((n, _HIGH), dtype=mass.dtype, device=dev).scatter_add_(-1, high, mass)
+    from_top = per_high.flip(-1).cumsum(-1).flip(-1)  # [n, h]: mass of the tokens whose high bits are >= h
+    h = (from_top.float() > top_p).sum(-1, keepdim=True) - 1  # -1: no token's mass passes top_p, keep all
+    above = torch.where(h + 1 < _HIGH, from_top.gather(-1, (h + 1).clamp(max=_HIGH - 1)),
+                        torch.zeros_like(from_top[:, :1]))
+    low = (bits & 0xFFFF).long().masked_fill_(high != h, _LOW)  # tokens outside bucket h: one extra bin, dropped
+    per_low = torch.zeros((n, _LOW + 1), dtype=mass.dtype, device=dev).scatter_add_(-1, low, mass)
+    from_top_low = above + per_low[:, :_LOW].flip(-1).cumsum(-1).flip(-1)
+    # >= 0 by the choice of h; the clamp only guards a float64 rounding tie between the two passes
+    lo = ((from_top_low.float() > top_p).sum(-1, keepdim=True) - 1).clamp(min=0)
+    floor = ((h << 16) | lo).int().view(torch.float32)
+    return torch.where(h >= 0, floor, torch.zeros_like(floor))
 
 
 def nucleus_floor(probs: torch.Tensor, top_p: float, branch_free: bool = False) -> torch.Tensor:
