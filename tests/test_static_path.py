@@ -240,23 +240,6 @@ def test_static_dual_cache_infill_equals_the_eager_dual_cache(tiny_models):
     assert len(static.graphs) == 4 and list(static.buffers) == [2]
 
 
-def test_greedy_nucleus_without_sort_matches_the_sorted_filter():
-    gen = torch.Generator().manual_seed(0)
-    sharp = torch.randn(5, 3000, generator=gen) * 8  # nucleus of a few tokens: the top-k path answers
-    flat = torch.randn(5, 3000, generator=gen) * 0.1  # nucleus of thousands: must fall back to the sort
-    assert sampling._greedy_nucleus(sharp, 0.95, "prob") is not None
-    assert sampling._greedy_nucleus(flat, 0.95, "prob") is None
-    for logits in (sharp, flat):
-        probs = torch.softmax(sampling.filter_logits(logits, 0.95, None), dim=-1)
-        want = {"prob": probs.max(-1).values,
-                "margin": torch.topk(probs, 2).values[..., 0] - torch.topk(probs, 2).values[..., 1],
-                "neg_entropy": torch.sum(probs * torch.log(probs + 1e-10), -1)}
-        for kind, conf in want.items():
-            got_conf, got_tok = sampling.sample_tokens(logits, 0.0, 0.95, None, kind)
-            assert torch.equal(got_tok, probs.argmax(-1))
-            assert torch.allclose(got_conf, conf, atol=1e-6)
-
-
 def test_gumbel_sampler_draws_the_filtered_distribution():
     """sample_with_noise (used inside the captured decode step) against the probabilities that
     sample_tokens draws from: 20000 seeded draws over a 6-token vocabulary."""

@@ -29,6 +29,27 @@ def _f(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+# The instruction sets CPU inference speed turns on: AVX-512 (and its VNNI / BF16 parts) and AMX run
+# bf16 and int8 matrix products natively; most laptops have AVX2 and FMA only.
+FEATURES = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+            "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_features(cpuinfo: str | None = None) -> str:
+    """'avx2 fma ...; AVX-512: no; AMX: no' from /proc/cpuinfo's flags (None where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown (no /proc/cpuinfo)"
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), "")
+    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    have = [f for f in FEATURES if f in flags]
+    yes = {True: "yes", False: "no"}
+    return (f"{' '.join(have) or 'none of ' + ' '.join(FEATURES[:3])}; "
+            f"AVX-512: {yes[any(f.startswith('avx512') for f in flags)]}; AMX: {yes[any(f.startswith('amx') for f in flags)]}")
+
+
 def machine() -> dict[str, Any]:
     """Where the figures came from. The load average matters: these machines are shared."""
     import torch
@@ -44,6 +65,7 @@ def machine() -> dict[str, Any]:
         pass
     if hasattr(os, "getloadavg"):
         info["loadavg"] = list(os.getloadavg())
+    info["cpu_features"] = cpu_features()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
         info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in out.splitlines()

@@ -2,50 +2,26 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .nucleus import nucleus_floor
 
 CONFIDENCE_KINDS = ("prob", "margin", "neg_entropy")
 
 
-def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
-    """Top-p, then top-k, by pushing dropped logits to the dtype's minimum (as the reference does)."""
+def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None,
+                  branch_free: bool = False) -> torch.Tensor:
+    """Top-p, then top-k, by pushing dropped logits to the dtype's minimum (as the reference does).
+    Top-p keeps every token at least as likely as the one whose mass crosses top_p (ties at the cut
+    included, as top-k keeps them), found without sorting the vocabulary (nucleus.py); branch_free
+    for captured graphs."""
     low = torch.finfo(logits.dtype).min
     if top_p is not None and top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
-        drop = cum > top_p
-        drop[..., 1:] = drop[..., :-1].clone()  # keep the token that crosses top_p
-        drop[..., 0] = False
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), low)
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < nucleus_floor(probs, top_p, branch_free), low)
     if top_k is not None:
         k = min(top_k, logits.size(-1))
         logits = logits.masked_fill(logits < torch.topk(logits, k)[0][..., -1:], low)
     return logits
-
-
-# Greedy decoding with top-p needs the nucleus only for the confidence's normaliser; the nucleus of a
-# trained model almost always lies within its top few hundred tokens, so a top-k replaces the sort.
-GREEDY_TOP = 1024
-
-
-def _greedy_nucleus(logits: torch.Tensor, top_p: float, confidence: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """sample_tokens at temperature 0 from the top GREEDY_TOP probabilities, or None when some row's
-    nucleus reaches past them (then the full sort decides). Same rule as filter_logits: a token is
-    kept when the mass ranked before it is at most top_p."""
-    probs = torch.softmax(logits, dim=-1)
-    top = torch.topk(probs, min(GREEDY_TOP, probs.size(-1)), dim=-1)
-    cum = top.values.cumsum(-1)
-    if not bool((cum[..., -1] > top_p).all()):
-        return None
-    kept = torch.where(cum - top.values <= top_p, top.values, torch.zeros_like(top.values))
-    kept = kept / kept.sum(-1, keepdim=True)
-    if confidence == "margin":
-        conf = kept[..., 0] - kept[..., 1]
-    elif confidence == "neg_entropy":
-        conf = torch.sum(kept * torch.log(kept + 1e-10), dim=-1)
-    else:
-        conf = kept[..., 0]
-    return conf, top.indices[..., 0]
 
 
 def _confidence(probs: torch.Tensor, chosen: torch.Tensor, kind: str) -> torch.Tensor:
@@ -72,10 +48,6 @@ def sample_tokens(
     confidence: "prob" (probability of the chosen token), "margin" (top-1 minus top-2 probability)
     or "neg_entropy" (sum p log p)."""
     logits = logits.float()
-    if temperature <= 0 and top_p is not None and top_p < 1 and top_k is None:
-        greedy = _greedy_nucleus(logits, top_p, confidence)
-        if greedy is not None:
-            return greedy
     if temperature > 0:
         logits = logits / temperature
     logits = filter_logits(logits, top_p, top_k)
@@ -97,7 +69,7 @@ def sample_with_noise(logits: torch.Tensor, noise: torch.Tensor | None, temperat
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits / temperature, top_p, top_k)
+    logits = filter_logits(logits / temperature, top_p, top_k, branch_free=True)
     gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
     return (logits + gumbel).argmax(dim=-1)
 
@@ -113,7 +85,8 @@ def sample_with_uniform(logits: torch.Tensor, uniform: torch.Tensor, temperature
     logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
-    probs = torch.softmax(filter_logits(logits, top_p, top_k), dim=-1)
+    # branch-free: this runs inside captured graphs (the diffusion runner's static path)
+    probs = torch.softmax(filter_logits(logits, top_p, top_k, branch_free=True), dim=-1)
     if temperature > 0:
         cum = probs.cumsum(-1)
         tokens = (cum <= (uniform * cum[..., -1])[..., None]).sum(-1)

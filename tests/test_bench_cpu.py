@@ -1,0 +1,85 @@
+"""python -m fim_lsp.bench.cpu on the tiny checkpoints: llama.cpp's rows (when the optional extra is
+installed) beside fim-lsp's, the prompt cache really reused while typing, the ratios from one run, and
+without the extra a message that says how to install it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fim_lsp.bench.cpu import ROWS, Call, summarize
+from fim_lsp.bench.report import cpu_features
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_args(tiny: Path, data: Path, rows: str, out: Path) -> list[str]:
+    return ["--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--data-dir", str(data),
+            "--context-tokens", "64", "--calls", "1", "--rows", rows, "--json", str(out)]
+
+
+def test_llama_cpp_rows_beside_fim_lsp(tiny_models: Path, shared_data: Path, tmp_path: Path, capsys):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[llamacpp]'")
+    from transformers import AutoTokenizer
+
+    from fim_lsp.bench.cpu import main, make_prompts
+
+    out = tmp_path / "cpu.json"
+    rows = "llama-q8,llama-f32,llama-q8-last3,llama-q8-typed,qwen-fp32,qwen-fp32-typed,ensemble-fp32"
+    assert main(bench_args(tiny_models, shared_data, rows, out)) == 0
+    doc = json.loads(out.read_text())
+    calls = {c["row"]: c for c in doc["calls"]}
+    prompts = make_prompts(AutoTokenizer.from_pretrained(tiny_models / "ar"), shared_data, 64)
+    n = len(prompts.ids)
+    for key in ("llama-q8", "llama-f32", "llama-q8-last3", "llama-q8-typed"):
+        assert calls[key]["tokens"] == 8
+    # llama.cpp's own counters: cold evaluates the prompt, the cached cases only what changed
+    assert calls["llama-q8"]["evaluated"] == n and calls["llama-q8-last3"]["evaluated"] == 3
+    same = next(i for i, (a, b) in enumerate(zip(prompts.ids_before, prompts.ids_typed)) if a != b)
+    assert calls["llama-q8-typed"]["evaluated"] == len(prompts.ids_typed) - same
+    s = doc["summary"]
+    assert s["llama-q8"]["over_llama_q8_cold"] == 1.0
+    assert s["qwen-fp32-typed"]["over_llama_same_case"] == pytest.approx(
+        s["qwen-fp32-typed"]["total_p50_s"] / s["llama-q8-typed"]["total_p50_s"])
+    assert s["ensemble-fp32"]["over_qwen_alone"] == pytest.approx(
+        s["ensemble-fp32"]["total_p50_s"] / s["qwen-fp32"]["total_p50_s"])
+    printed = capsys.readouterr().out
+    assert "AVX-512:" in printed and "AMX:" in printed and "llama.cpp q8_0, one character typed" in printed
+    assert {c["label"] for c in doc["top_p"]} and all(c["sorted_ms"] > 0 for c in doc["top_p"])
+
+
+def test_without_the_extra_the_rows_say_how_to_install(tiny_models: Path, shared_data: Path, tmp_path: Path):
+    """llama_cpp made unimportable in a fresh interpreter (as on a machine without the extra)."""
+    out = tmp_path / "cpu.json"
+    code = ("import sys; sys.modules['llama_cpp'] = None; from fim_lsp.bench.cpu import main; "
+            f"sys.exit(main({bench_args(tiny_models, shared_data, 'llama-q8,qwen-fp32', out)!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pip install -e '.[llamacpp]'" in proc.stderr
+    doc = json.loads(out.read_text())
+    assert [r["key"] for r in doc["rows"]] == ["qwen-fp32"] and "pip install" in doc["meta"]["llama_cpp"]
+    assert "fim-lsp qwen, fp32 (default)" in proc.stdout and "llama.cpp q8_0, cold" not in proc.stdout
+
+
+def test_ratios_are_taken_within_the_run():
+    def call(row: str, total: float) -> Call:
+        return Call(row, 0, total, 0.1, 10.0, 8, 259, 259)
+
+    calls = [call("llama-q8", 2.0), call("llama-q8", 4.0), call("llama-q8-typed", 1.0), call("qwen-fp32", 4.5),
+             call("qwen-fp32-typed", 3.0), call("ensemble-fp32", 9.0), call("ensemble-fp32-typed", 6.0)]
+    s = summarize(calls, ROWS)
+    assert s["llama-q8"]["total_p50_s"] == 3.0 and "llama-f32" not in s
+    assert s["qwen-fp32"]["over_llama_q8_cold"] == 1.5
+    assert s["qwen-fp32-typed"]["over_llama_same_case"] == 3.0 and s["qwen-fp32-typed"]["over_qwen_alone"] is None
+    assert s["ensemble-fp32"]["over_qwen_alone"] == 2.0 and s["ensemble-fp32-typed"]["over_qwen_alone"] == 2.0
+
+
+def test_cpu_features_name_avx512_and_amx():
+    xeon = "processor: 0\nflags\t\t: fpu avx2 fma f16c avx512f avx512bw avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+    epyc = "processor: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n"
+    assert cpu_features(xeon) == "avx2 fma f16c avx512f avx512bw avx512_bf16 amx_tile amx_int8 amx_bf16; " \
+                                 "AVX-512: yes; AMX: yes"
+    assert cpu_features(epyc) == "avx2 fma f16c; AVX-512: no; AMX: no"
