@@ -77,17 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str, dict[str, Any]]:
-    if args.random_config is None:
-        return args.ar_model, args.dllm_model, {"models": "given"}
-    from .models import SHAPES, write_random
+    from .models import resolve_checkpoints
 
-    t = time.perf_counter()
-    data = args.data_dir if args.data_dir.is_dir() else None
-    ck = write_random(args.models_dir or tmp, args.random_config, data)
-    print(f"random {ck.shape} checkpoints in {ck.ar.parent} ({time.perf_counter() - t:.0f} s), "
-          f"tokenizer: {ck.tokenizer}", file=sys.stderr)
-    return str(ck.ar), str(ck.dllm), {"models": f"random {ck.shape}", "shape": SHAPES[ck.shape].__dict__,
-                                      "tokenizer": ck.tokenizer}
+    return resolve_checkpoints(args.random_config, args.ar_model, args.dllm_model, args.models_dir,
+                               args.data_dir, tmp)
 
 
 def engine_configs(args: argparse.Namespace, ar: str, dllm: str) -> tuple[EngineConfig, EngineConfig]:

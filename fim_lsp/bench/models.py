@@ -7,6 +7,8 @@ so the bench measures what the server runs."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,18 @@ def write_random(outdir: Path, shape_name: str, data_dir: Path | None) -> Checkp
         del model
     marker.write_text(json.dumps(want))
     return Checkpoints(outdir / "ar", outdir / "dllm", shape_name, tok_desc)
+
+
+def resolve_checkpoints(random_config: str | None, ar_model: str | None, dllm_model: str | None,
+                        models_dir: Path | None, data_dir: Path, tmp: Path) -> tuple[str, str, dict[str, Any]]:
+    """(ar, dllm, what they are): the given models, or random ones of `random_config`'s shape written to
+    `models_dir` (reused when it already holds them), else to `tmp`."""
+    if random_config is None:
+        assert ar_model and dllm_model
+        return ar_model, dllm_model, {"models": "given"}
+    t = time.perf_counter()
+    ck = write_random(models_dir or tmp, random_config, data_dir if data_dir.is_dir() else None)
+    print(f"random {ck.shape} checkpoints in {ck.ar.parent} ({time.perf_counter() - t:.0f} s), "
+          f"tokenizer: {ck.tokenizer}", file=sys.stderr)
+    return str(ck.ar), str(ck.dllm), {"models": f"random {ck.shape}", "shape": SHAPES[ck.shape].__dict__,
+                                      "tokenizer": ck.tokenizer}
