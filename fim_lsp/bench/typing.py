@@ -36,9 +36,9 @@ from fim_lsp.engine.ensemble import Engine
 from fim_lsp.engine.results import Completion
 from fim_lsp.percentile import percentile
 
+from .models import add_model_args
 from .typing_session import Keystroke
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL_SETS = ("qwen", "both")
 
 
@@ -199,14 +199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="python -m fim_lsp.bench.typing", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    m = p.add_argument_group("models (paths, or random weights at a given shape; default: --random-config small)")
-    m.add_argument("--ar-model", help="local dir or Hub id of the autoregressive model")
-    m.add_argument("--dllm-model", help="local dir or Hub id of the diffusion model")
-    m.add_argument("--random-config", choices=("real", "small"),
-                   help="random weights: real = the 0.5B Qwen2 shape of both models; small = a tiny network")
-    m.add_argument("--models-dir", type=Path, help="keep the random checkpoints here and reuse them next time")
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data",
-                   help="folder laid out like shared/data (the real tokenizers, for random weights)")
+    add_model_args(p, "; default: --random-config small")
     p.add_argument("--models", default=",".join(MODEL_SETS),
                    help="comma-separated model sets: qwen (Qwen alone), both (the ensemble)")
     p.add_argument("--package", default="asyncio", help="an installed package whose source is the session's tree")
