@@ -17,7 +17,8 @@ from typing import Any
 from fim_lsp.engine.config import EngineConfig
 from fim_lsp.server.settings import ServerSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+from .models import add_model_args
+
 
 
 def _ints(text: str) -> list[int]:
@@ -27,15 +28,7 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fim_lsp.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    m = p.add_argument_group("models (paths, or random weights at a given shape)")
-    m.add_argument("--ar-model", help="local dir or Hub id of the autoregressive model")
-    m.add_argument("--dllm-model", help="local dir or Hub id of the diffusion model")
-    m.add_argument("--random-config", choices=("real", "small"),
-                   help="random weights: real = the 0.5B Qwen2 shape of both models; small = a tiny network")
-    m.add_argument("--models-dir", type=Path,
-                   help="keep the random checkpoints here and reuse them next time (default: a temp dir)")
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data",
-                   help="folder laid out like shared/data (HumanEval-Infilling, tokenizers)")
+    add_model_args(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16")
     p.add_argument("--context-tokens", type=_ints,
@@ -77,17 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _checkpoints(args: argparse.Namespace, tmp: Path) -> tuple[str, str, dict[str, Any]]:
-    if args.random_config is None:
-        return args.ar_model, args.dllm_model, {"models": "given"}
-    from .models import SHAPES, write_random
+    from .models import resolve_checkpoints
 
-    t = time.perf_counter()
-    data = args.data_dir if args.data_dir.is_dir() else None
-    ck = write_random(args.models_dir or tmp, args.random_config, data)
-    print(f"random {ck.shape} checkpoints in {ck.ar.parent} ({time.perf_counter() - t:.0f} s), "
-          f"tokenizer: {ck.tokenizer}", file=sys.stderr)
-    return str(ck.ar), str(ck.dllm), {"models": f"random {ck.shape}", "shape": SHAPES[ck.shape].__dict__,
-                                      "tokenizer": ck.tokenizer}
+    return resolve_checkpoints(args.random_config, args.ar_model, args.dllm_model, args.models_dir,
+                               args.data_dir, tmp)
 
 
 def engine_configs(args: argparse.Namespace, ar: str, dllm: str) -> tuple[EngineConfig, EngineConfig]:

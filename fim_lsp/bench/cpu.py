@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .__main__ import ROOT
+from .models import ROOT
 
 COLD, LAST3, TYPED = "cold", "last 3 tokens new", "one character typed"
 

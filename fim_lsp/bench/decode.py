@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .__main__ import ROOT
+from .models import ROOT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -6,11 +6,15 @@ The checkpoints are written with `save_pretrained` and loaded back through the e
 so the bench measures what the server runs."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
 # ../shared/data/tokenizers/<name>: the real Qwen2.5 tokenizer, and the one assumed for Open-dCoder
 # (the same plus the mask token <M> at id 151665).
 AR_TOKENIZER = "qwen2.5-coder"
@@ -104,3 +108,31 @@ def write_random(outdir: Path, shape_name: str, data_dir: Path | None) -> Checkp
         del model
     marker.write_text(json.dumps(want))
     return Checkpoints(outdir / "ar", outdir / "dllm", shape_name, tok_desc)
+
+
+def resolve_checkpoints(random_config: str | None, ar_model: str | None, dllm_model: str | None,
+                        models_dir: Path | None, data_dir: Path, tmp: Path) -> tuple[str, str, dict[str, Any]]:
+    """(ar, dllm, what they are): the given models, or random ones of `random_config`'s shape written to
+    `models_dir` (reused when it already holds them), else to `tmp`."""
+    if random_config is None:
+        assert ar_model and dllm_model
+        return ar_model, dllm_model, {"models": "given"}
+    t = time.perf_counter()
+    ck = write_random(models_dir or tmp, random_config, data_dir if data_dir.is_dir() else None)
+    print(f"random {ck.shape} checkpoints in {ck.ar.parent} ({time.perf_counter() - t:.0f} s), "
+          f"tokenizer: {ck.tokenizer}", file=sys.stderr)
+    return str(ck.ar), str(ck.dllm), {"models": f"random {ck.shape}", "shape": SHAPES[ck.shape].__dict__,
+                                      "tokenizer": ck.tokenizer}
+
+
+def add_model_args(parser: argparse.ArgumentParser, default: str = "") -> None:
+    """The options `resolve_checkpoints` takes: model paths, or random weights at a shape; and --data-dir."""
+    m = parser.add_argument_group(f"models (paths, or random weights at a given shape{default})")
+    m.add_argument("--ar-model", help="local dir or Hub id of the autoregressive model")
+    m.add_argument("--dllm-model", help="local dir or Hub id of the diffusion model")
+    m.add_argument("--random-config", choices=("real", "small"),
+                   help="random weights: real = the 0.5B Qwen2 shape of both models; small = a tiny network")
+    m.add_argument("--models-dir", type=Path,
+                   help="keep the random checkpoints here and reuse them next time (default: a temp dir)")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data",
+                        help="folder laid out like shared/data (HumanEval-Infilling, the real tokenizers)")

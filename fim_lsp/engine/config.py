@@ -51,6 +51,10 @@ class EngineConfig:
     # scoring
     score_mode: str = "fim"
     score_reuse: bool = True  # fim mode: score on Qwen's cached prompt (same math, fewer FLOPs)
+    # Qwen's prompt pass keeps the KV cache of the longest common token prefix with the previous prompt
+    # and runs over the new tokens only (the same tokens and log-probs); off: every pass runs the whole
+    # prompt (for measuring what reuse saves: python -m fim_lsp.bench.typing)
+    prefix_reuse: bool = True
     profile: str = "exact"  # "editor" turns the speed options on, see PROFILES
     # static-shape model passes replayed as CUDA graphs (torch.compile on CPU); auto: on for CUDA only
     compile: str = "auto"
@@ -118,6 +122,7 @@ ENGINE_RULES: dict[str, Rule] = {
     "dllm_steps_per_token": Rule(FLOAT, 0, 100, low_open=True, nullable=True),
     "score_mode": Rule(CHOICE, choices=SCORE_MODES),
     "score_reuse": Rule(BOOL),
+    "prefix_reuse": Rule(BOOL),
     "profile": Rule(CHOICE, choices=tuple(PROFILES)),
     "compile": Rule(CHOICE, choices=COMPILE_CHOICES),
     "overlap": Rule(CHOICE, choices=COMPILE_CHOICES),
@@ -191,6 +196,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--score-mode", choices=SCORE_MODES, default=d.score_mode)
     g.add_argument("--no-score-reuse", dest="score_reuse", action="store_false",
                    help="score with a separate full pass instead of Qwen's cached prompt")
+    g.add_argument("--no-prefix-reuse", dest="prefix_reuse", action="store_false",
+                   help="run Qwen's prompt pass over the whole prompt every time, instead of over what changed "
+                        "since the previous prompt")
     g.add_argument("--dllm-threshold", type=float, default=None,
                    help="also reveal every masked position whose confidence exceeds this (Fast-dLLM)")
     g.add_argument("--dllm-cache-refresh", type=int, default=d.dllm_cache_refresh,

@@ -291,6 +291,31 @@ class Engine:
             comp.notes.extend(news)
         return out
 
+    def prefill_idle(self, request: FimRequest) -> dict[str, int] | None:
+        """Qwen's prompt pass alone over `request`'s prompt, keeping what its cache already holds: for
+        while the user is idle (llama.vim prefills its ring of chunks with `n_predict: 0`). New chunks are
+        appended to the project context, so the next completion's prompt begins with this one's context
+        and its pass runs over the local window only. Call it on the thread that runs requests, between
+        them (it rewrites the cache's row). Returns Qwen's prompt tokens {"computed", "reused"}, or None
+        where it has nothing to do: no Qwen loaded, or prefixReuse off (the next pass runs the whole
+        prompt anyway)."""
+        if not self.loaded:
+            self.load()
+        if self.qwen is None or not self.config.prefix_reuse:
+            return None
+        ids = self._qwen_prompt(request).ids
+        # the room a completion of this request decodes into: the cache it will find is this one
+        reserve = request.max_new_tokens or self.config.max_new_tokens
+        try:
+            state = self.qwen.prefill([ids], keep=True, reserve=reserve)
+        except torch.OutOfMemoryError:
+            self._free()
+            raise OutOfMemory(f"out of memory on {self._device()} prefilling a {len(ids)}-token prompt while "
+                              f"idle. Fix: lower contextTotalTokens or maxPrefixTokens, or use dtype bfloat16") from None
+        finally:
+            self._drop_dead_graphs()
+        return {"computed": state.computed, "reused": state.reused}
+
     def _static_off(self, reason: str) -> None:
         for role, runner in (("qwen", self.qwen), ("dllm", self.diffusion)):
             if runner is not None:
@@ -315,10 +340,7 @@ class Engine:
         within the request's budget, and its project context). A request with neither gets the plain
         FIM prompt of its whole prefix and suffix, as the eval needs."""
         cfg = cfg or self.config
-        qwen = None
-        if self.ar is not None:
-            segment = self._segments(self.ar.tokenizer)
-            qwen = [qwen_prompt(self.ar.tokenizer, r.prefix, r.suffix, r.context, r.budget, segment) for r in requests]
+        qwen = [self._qwen_prompt(r) for r in requests] if self.ar is not None else None
         scorer = None
         if self.scorer is not None:
             if self.scorer is self.ar:
@@ -334,6 +356,10 @@ class Engine:
             dllm = [dllm_prompt(tok, r.prefix, r.suffix, r.context, r.budget, self._hole_cap(r, cfg), segment)
                     for r in requests]
         return Prompts(qwen, scorer, dllm)
+
+    def _qwen_prompt(self, request: FimRequest) -> QwenPrompt:
+        tok = self.ar.tokenizer
+        return qwen_prompt(tok, request.prefix, request.suffix, request.context, request.budget, self._segments(tok))
 
     def _segments(self, tokenizer: Any) -> SegmentCache:
         """The context segments' ids from earlier prompts, one cache per tokenizer: a chunk that stays
@@ -375,7 +401,8 @@ class Engine:
             if self.qwen is not None:
                 try:
                     qwen, prompt_state = self._run_qwen(requests, prompts.qwen, cfg, cancel,
-                                                        handoff.put if side is not None else None, keep)
+                                                        handoff.put if side is not None else None,
+                                                        keep and cfg.prefix_reuse)
                 finally:
                     handoff.close()
                 for g, out in zip(gens, qwen):

@@ -27,6 +27,7 @@ export const SERVER_DEFAULTS = {
   dllmStepsPerToken: null as number | null,
   scoreMode: "fim",
   scoreReuse: true,
+  prefixReuse: true,
   profile: "editor",
   compile: "auto",
   overlap: "auto",
