@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fim_lsp.eval.cceval import NO_CONTEXT, WITH_CONTEXT, cceval_tasks
+from fim_lsp.eval.cceval import NO_CONTEXT, WITH_CONTEXT, cceval_tasks, prompt_budget
 from fim_lsp.eval.cceval_score import (bracket_statement, edit_similarity, exact_match, python_statement,
                                        remove_comments, score)
 from fim_lsp.eval.cli import main
@@ -176,9 +176,12 @@ def test_the_retrieved_chunks_reach_both_prompts_only_with_context(tiny_models: 
     assert f"<|file_sep|>src/run.py\n<|fim_prefix|>{py_row(0)['prompt']}" in with_.qwen_prompt.text
     assert f"# src/helpers.py\n{chunk}\n" in with_.dllm_prompt.prefix_text
     assert "<|repo_name|>" not in with_.dllm_prompt.prefix_text
-    for comp in (without,):
-        assert "helper number 0" not in comp.qwen_prompt.text and "helper number 0" not in comp.dllm_prompt.prefix_text
-        assert comp.qwen_prompt.text.startswith("<|fim_prefix|>" + py_row(0)["prompt"])
+    assert "helper number 0" not in without.qwen_prompt.text and "helper number 0" not in without.dllm_prompt.prefix_text
+    assert without.qwen_prompt.text.startswith("<|fim_prefix|>" + py_row(0)["prompt"])
+    # --budget-dllm-context-tokens 0: the diffusion model gets no context, Qwen still does
+    task = cceval_tasks(data, ["py"], FILE, WITH_CONTEXT, prompt_budget({"dllm_context_tokens": 0}))[0]
+    none = eng.complete_batch([fim_request(task, None)])[0]
+    assert "helper number 0" in none.qwen_prompt.text and "helper number 0" not in none.dllm_prompt.prefix_text
 
 
 def tiny_args(tiny_models: Path, data: Path, out: Path) -> list[str]:
@@ -227,6 +230,9 @@ def test_canonical_self_check_scores_every_row_full(tmp_path: Path) -> None:
     e = json.loads((out / "crosscodeeval" / "comparison.json").read_text())["by_language"]["all"]
     for setting in (NO_CONTEXT, WITH_CONTEXT):
         assert (e[setting]["em"]["canonical"], e[setting]["es"]["canonical"]) == (1.0, 1.0)
+    with pytest.raises(SystemExit, match="dllmContextTokens must be between 0 and 2047"):
+        main(["run", "--system", "canonical", "--benchmark", "crosscodeeval", "--data-dir", str(data),
+              "--out", str(tmp_path / "other"), "--budget-dllm-context-tokens", "4096", "--no-progress"])
 
 
 def test_a_killed_run_resumes(tiny_models: Path, tmp_path: Path) -> None:

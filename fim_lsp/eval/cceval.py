@@ -10,7 +10,6 @@ Its tarball ships in the cceval repository (data/crosscodeeval_data.tar.xz); not
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -79,17 +78,32 @@ def _row(line: str, where: str) -> dict[str, Any]:
     return row
 
 
-def cceval_tasks(data_dir: str | Path | None, languages: Iterable[str], file: str, setting: str) -> list[Task]:
-    """Every row of `data_dir/<language>/<file>.jsonl`, in file order. Both settings get the server's
-    default prompt budget (PromptBudget()): the same local window, so the delta is the context's."""
+# PromptBudget's fields, each a `--budget-<field>` option of `run` (default: the server's)
+BUDGET_FIELDS = ("total_tokens", "prefix_tokens", "suffix_tokens", "dllm_context_tokens")
+
+
+def prompt_budget(overrides: dict[str, int | None] | None = None) -> Any:
+    """The server's default PromptBudget with the given fields changed (None: keep the default);
+    ValueError naming the bad one."""
+    from fim_lsp.engine.requests import PromptBudget
+
+    budget = PromptBudget(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    budget.validate()
+    return budget
+
+
+def cceval_tasks(data_dir: str | Path | None, languages: Iterable[str], file: str, setting: str,
+                 budget: Any = None) -> list[Task]:
+    """Every row of `data_dir/<language>/<file>.jsonl`, in file order. Both settings get the same
+    prompt budget (default: the server's, PromptBudget()): the same local window, so the delta is the
+    context's."""
     if setting not in SETTINGS:
         raise ValueError(f"CrossCodeEval setting {setting!r}: one of {', '.join(SETTINGS)}")
     if data_dir is None:
         raise DataUnavailable("CrossCodeEval is read from --data-dir only (no download): unpack "
                               "data/crosscodeeval_data.tar.xz of github.com/amazon-science/cceval and pass "
                               "--data-dir pointing at the folder holding python/, java/, typescript/, csharp/")
-    from fim_lsp.engine.requests import PromptBudget
-
+    budget = budget if budget is not None else prompt_budget()
     tasks: list[Task] = []
     seen: set[str] = set()
     for lang in cceval_languages(languages):
@@ -108,13 +122,8 @@ def cceval_tasks(data_dir: str | Path | None, languages: Iterable[str], file: st
                 seen.add(tid)
                 context = project_context(row, where) if setting == WITH_CONTEXT else None
                 tasks.append(Task(tid, CCEVAL, lang, row["prompt"], row["right_context"], row["groundtruth"],
-                                  row, context=context, budget=PromptBudget()))
+                                  row, context=context, budget=budget))
     return tasks
-
-
-def budget_info() -> dict[str, int]:
-    from fim_lsp.engine.requests import PromptBudget
-    return asdict(PromptBudget())
 
 
 def compare(root: Path) -> dict[str, Any] | None:

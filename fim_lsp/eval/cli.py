@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -9,8 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .cceval import (CCEVAL, DEFAULT_FILE, NO_CONTEXT, SETTINGS, WITH_CONTEXT, budget_info, cceval_tasks,
-                     write_comparison)
+from .cceval import (BUDGET_FIELDS, CCEVAL, DEFAULT_FILE, NO_CONTEXT, SETTINGS, WITH_CONTEXT, cceval_tasks,
+                     prompt_budget, write_comparison)
 from .cceval_score import CCEVAL_LANGUAGES
 from .data import BENCHMARKS, LANGUAGES, SANTACODER, SANTACODER_LAYOUTS, DataUnavailable, Task, load_tasks
 from .identity import verdict_identity
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cceval-settings", default=",".join(SETTINGS),
                      help=f"{CCEVAL}: {NO_CONTEXT} (the local window), {WITH_CONTEXT} (plus the row's retrieved "
                           "chunks as project context), or both; results go to OUT/crosscodeeval/<setting>/")
+    for name in BUDGET_FIELDS:
+        run.add_argument(f"--budget-{name.replace('_', '-')}", dest=f"budget_{name}", type=int, default=None,
+                         help=f"{CCEVAL}: PromptBudget.{name} of both settings (default: the server's)")
     run.add_argument("--preset", default=None, help="TOML file of option defaults (eval/seed.toml, eval/editor.toml)")
     _common(run)
     add_engine_args(run)
@@ -158,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for setting in settings:
                 tasks = _limit(_load_cceval(args, setting), args.limit)
                 info = {**system.info(), "benchmark": b, "setting": setting, "cceval_file": args.cceval_file,
-                        "languages": sorted({t.language for t in tasks}), "prompt_budget": budget_info(),
+                        "languages": sorted({t.language for t in tasks}), "prompt_budget": dataclasses.asdict(tasks[0].budget) if tasks else None,
                         "limit": args.limit, "samples": args.samples, "execute": False,
                         **verdict_identity(tasks, [], False)}
                 if _run_benchmark(Path(args.out) / b / setting, info, tasks, system, shard, args):
@@ -181,7 +185,8 @@ def _limit(tasks: list[Task], limit: int | None) -> list[Task]:
 
 def _load_cceval(args: argparse.Namespace, setting: str) -> list[Task]:
     try:
-        return cceval_tasks(args.data_dir, _languages(args), args.cceval_file, setting)
+        budget = prompt_budget({name: getattr(args, f"budget_{name}") for name in BUDGET_FIELDS})
+        return cceval_tasks(args.data_dir, _languages(args), args.cceval_file, setting, budget)
     except (DataUnavailable, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
 
