@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -9,6 +10,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .cceval import (BUDGET_FIELDS, CCEVAL, DEFAULT_FILE, NO_CONTEXT, SETTINGS, WITH_CONTEXT, cceval_tasks,
+                     prompt_budget, write_comparison)
+from .cceval_score import CCEVAL_LANGUAGES
 from .data import BENCHMARKS, LANGUAGES, SANTACODER, SANTACODER_LAYOUTS, DataUnavailable, Task, load_tasks
 from .identity import verdict_identity
 from .metrics import summarize
@@ -22,7 +26,9 @@ from .systems import CanonicalSystem, EnsembleSystem
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder laid out like shared/data (offline); default: fetch the public copies")
-    p.add_argument("--languages", default="py", help=f"SantaCoder languages, comma-separated ({','.join(LANGUAGES)})")
+    p.add_argument("--languages", default="py",
+                   help=f"comma-separated: SantaCoder's ({','.join(LANGUAGES)}) or CrossCodeEval's "
+                        f"({','.join(CCEVAL_LANGUAGES)}; py, ts, cs also)")
     p.add_argument("--workers", type=_workers, default=min(4, os.cpu_count() or 1),
                    help=f"parallel sandboxed test runs (1 to {SLOTS_PER_PROCESS}: one worker uid each)")
     p.add_argument("--timeout", type=float, default=None,
@@ -46,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fim_lsp.eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="generate and judge", conflict_handler="resolve")
-    run.add_argument("--benchmark", required=True, help=f"one or more (comma-separated) of {', '.join(BENCHMARKS)}")
+    run.add_argument("--benchmark", required=True,
+                     help=f"one or more (comma-separated) of {', '.join((*BENCHMARKS, CCEVAL))}")
     run.add_argument("--system", choices=("ensemble", "canonical"), default="ensemble")
     run.add_argument("--out", default="runs/eval", help="results go to OUT/<benchmark>/")
     run.add_argument("--limit", type=int, default=None, help="first N tasks only")
@@ -55,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="i/n: this process runs every n-th task from i (default under torchrun or srun: "
                           "RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS)")
     run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--cceval-file", default=DEFAULT_FILE,
+                     help=f"{CCEVAL}: the JSONL under DATA_DIR/<language>/ without .jsonl "
+                          "(a retrieval setting, e.g. line_completion_rg1_unixcoder_cosine_sim)")
+    run.add_argument("--cceval-settings", default=",".join(SETTINGS),
+                     help=f"{CCEVAL}: {NO_CONTEXT} (the local window), {WITH_CONTEXT} (plus the row's retrieved "
+                          "chunks as project context), or both; results go to OUT/crosscodeeval/<setting>/")
+    for name in BUDGET_FIELDS:
+        run.add_argument(f"--budget-{name.replace('_', '-')}", dest=f"budget_{name}", type=int, default=None,
+                         help=f"{CCEVAL}: PromptBudget.{name} of both settings (default: the server's)")
     run.add_argument("--preset", default=None, help="TOML file of option defaults (eval/seed.toml, eval/editor.toml)")
     _common(run)
     add_engine_args(run)
@@ -134,57 +150,95 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--dllm-length must be oracle, auto or an integer, got {spec!r}")
     benchmarks = [b.strip() for b in args.benchmark.split(",") if b.strip()]
     for b in benchmarks:
-        if b not in BENCHMARKS:
-            raise SystemExit(f"unknown benchmark {b!r}; choose from {', '.join(BENCHMARKS)}")
+        if b not in (*BENCHMARKS, CCEVAL):
+            raise SystemExit(f"unknown benchmark {b!r}; choose from {', '.join((*BENCHMARKS, CCEVAL))}")
+    settings = [x.strip() for x in args.cceval_settings.split(",") if x.strip()]
+    if CCEVAL in benchmarks and (not settings or set(settings) - set(SETTINGS)):
+        raise SystemExit(f"--cceval-settings: one or both of {', '.join(SETTINGS)}, got {args.cceval_settings!r}")
     system = CanonicalSystem() if args.system == "canonical" else EnsembleSystem(
         args, "engine" if spec == "auto" else spec)
     for b in benchmarks:
-        tasks = _load(b, args)
-        if args.limit is not None:
-            tasks = tasks[:args.limit]
-        out = Path(args.out) / b
+        if b == CCEVAL:
+            for setting in settings:
+                tasks = _limit(_load_cceval(args, setting), args.limit)
+                info = {**system.info(), "benchmark": b, "setting": setting, "cceval_file": args.cceval_file,
+                        "languages": sorted({t.language for t in tasks}), "prompt_budget": dataclasses.asdict(tasks[0].budget) if tasks else None,
+                        "limit": args.limit, "samples": args.samples, "execute": False,
+                        **verdict_identity(tasks, [], False)}
+                if _run_benchmark(Path(args.out) / b / setting, info, tasks, system, shard, args):
+                    for line in write_comparison(Path(args.out) / b):
+                        print(f"  {line}")
+            continue
+        tasks = _limit(_load(b, args), args.limit)
         languages = _languages(args) if b == SANTACODER else ["py"]
         info = {**system.info(), "benchmark": b, "languages": languages,
                 "limit": args.limit, "samples": args.samples, "santacoder_layout": args.santacoder_layout,
                 "timeout": args.timeout, "execute": not args.no_exec, "sandbox": isolation(),
                 **verdict_identity(tasks, languages, not args.no_exec)}
-        check_run_info(out, info)
-        path = out / shard_name(shard)
-        counts = run_jobs(sample_jobs(shard_tasks(tasks, shard), args.samples), system, path,
-                          workers=args.workers, batch_size=args.batch_size, execute_tests=not args.no_exec,
-                          timeout=args.timeout, progress=not args.no_progress)
-        print(f"{b}: {counts['ran']} run now, {counts['skipped_finished']} already finished -> {path}")
-        if shard is None or shard[1] == 1:
-            _finish(out, info, tasks)
-        elif finish_shard(out, shard):
-            print(f"shard {shard[0]}/{shard[1]} finished last: merging {shard[1]} shards")
-            merge(out)
-            _finish(out, info, tasks)
-        else:
-            print(f"shard {shard[0]}/{shard[1]} done; the last shard to finish merges "
-                  f"(or run: python -m fim_lsp.eval merge --out {out})")
+        _run_benchmark(Path(args.out) / b, info, tasks, system, shard, args)
     return 0
+
+
+def _limit(tasks: list[Task], limit: int | None) -> list[Task]:
+    return tasks if limit is None else tasks[:limit]
+
+
+def _load_cceval(args: argparse.Namespace, setting: str) -> list[Task]:
+    try:
+        budget = prompt_budget({name: getattr(args, f"budget_{name}") for name in BUDGET_FIELDS})
+        return cceval_tasks(args.data_dir, _languages(args), args.cceval_file, setting, budget)
+    except (DataUnavailable, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _run_benchmark(out: Path, info: dict[str, Any], tasks: list[Task], system: Any,
+                   shard: tuple[int, int] | None, args: argparse.Namespace) -> bool:
+    """Run (or resume) one run folder; True when its reports were written (the shard that merges)."""
+    check_run_info(out, info)
+    path = out / shard_name(shard)
+    execute = info["execute"]
+    counts = run_jobs(sample_jobs(shard_tasks(tasks, shard), args.samples), system, path,
+                      workers=args.workers, batch_size=args.batch_size, execute_tests=execute,
+                      timeout=args.timeout, progress=not args.no_progress)
+    print(f"{info['benchmark']}: {counts['ran']} run now, {counts['skipped_finished']} already finished -> {path}")
+    if shard is None or shard[1] == 1:
+        _finish(out, info, tasks)
+        return True
+    if finish_shard(out, shard):
+        print(f"shard {shard[0]}/{shard[1]} finished last: merging {shard[1]} shards")
+        merge(out)
+        _finish(out, info, tasks)
+        return True
+    print(f"shard {shard[0]}/{shard[1]} done; the last shard to finish merges "
+          f"(or run: python -m fim_lsp.eval merge --out {out})")
+    return False
 
 
 def _finish(out: Path, info: dict[str, Any], tasks: list[Task] | None = None) -> dict[str, Any]:
     records = read_records(out / RESULTS)
     summary = summarize(records, info["benchmark"])
     write_reports(out, summary, records, info)
-    for line in headline(summary, tasks, source="results"):
-        print(f"  {line}")
+    if info["benchmark"] != CCEVAL:  # its headline is the with/without comparison (cceval.write_comparison)
+        for line in headline(summary, tasks, source="results"):
+            print(f"  {line}")
     print(f"report: {out / 'report.md'}")
     return summary
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     root = Path(args.out)
-    runs = [root] if (root / "run.json").exists() else sorted(p.parent for p in root.glob("*/run.json"))
+    # CrossCodeEval keeps one run folder per setting, a level deeper: OUT/crosscodeeval/<setting>
+    runs = [root] if (root / "run.json").exists() else sorted(
+        p.parent for p in (*root.glob("*/run.json"), *root.glob("*/*/run.json")))
     if not runs:
         raise SystemExit(f"no run.json under {root}")
     for out in runs:
         records = merge(out)
         print(f"{out}: {len(records)} records merged")
         _finish(out, json.loads((out / "run.json").read_text()))
+    for cc in sorted({out.parent for out in runs if out.name in SETTINGS}):
+        for line in write_comparison(cc):
+            print(f"  {line}")
     return 0
 
 

@@ -12,7 +12,10 @@ import os
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:  # the engine's types; importing them here would load torch for the canonical self-check
+    from fim_lsp.engine.requests import ProjectContext, PromptBudget
 
 HUMANEVAL_FILES = {
     "humaneval-single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
@@ -51,6 +54,9 @@ class Task:
     suffix: str  # text after the hole, as the model sees it
     middle: str  # ground truth
     raw: dict[str, Any] = field(default_factory=dict)  # the benchmark row, for building the test program
+    # what the engine is given besides the text (CrossCodeEval); None: the whole prefix and suffix, no context
+    context: ProjectContext | None = None
+    budget: PromptBudget | None = None
 
 
 def humaneval_tasks(benchmark: str, rows: Iterable[dict[str, Any]]) -> list[Task]:

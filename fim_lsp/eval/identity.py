@@ -13,8 +13,8 @@ from typing import Any
 from .data import Task
 from .sandbox import python_executable
 
-# the program assembly and EM rules, the pass rule and limits, the confinement
-JUDGE_CODE = ("judge.py", "sandbox.py", "jail.py")
+# the program assembly and EM rules, the pass rule and limits, the confinement, CrossCodeEval's EM/ES
+JUDGE_CODE = ("judge.py", "sandbox.py", "jail.py", "cceval_score.py")
 RUNTIMES = {"py": lambda: [python_executable(), "--version"], "js": lambda: ["node", "--version"],
             "java": lambda: ["java", "-version"]}
 

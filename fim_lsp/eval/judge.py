@@ -1,5 +1,6 @@
 """Judging one completion: build the test program for its benchmark, run it in the sandbox, and
-compute SantaCoder's exact-match rules. Every judgement names its rule."""
+compute SantaCoder's exact-match rules (CrossCodeEval: its EM and ES, nothing run). Every judgement
+names its rule."""
 from __future__ import annotations
 
 import secrets
@@ -7,6 +8,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import cceval_score
+from .cceval import CCEVAL
 from .data import SANTACODER, Task, santacoder_first_body_line
 from .sandbox import Limits, SlotPool, python_executable
 
@@ -23,6 +26,9 @@ class Judgement:
     status: str  # passed, failed, timeout, exited early, error, skipped
     em_first_line: bool | None = None  # SantaCoder only
     em_strip: bool | None = None
+    em: bool | None = None  # CrossCodeEval only: its exact match and edit similarity (0-1)
+    es: float | None = None
+    compared: str | None = None  # CrossCodeEval: the prediction after its statement cut, as compared
     seconds: float = 0.0
     detail: str = ""  # tail of stderr for failures; why for skips
 
@@ -146,6 +152,10 @@ def execute(task: Task, completion: str, pool: SlotPool, timeout: float | None =
 
 def judge(task: Task, completion: str, pool: SlotPool, execute_tests: bool = True,
           timeout: float | None = None) -> Judgement:
+    if task.benchmark == CCEVAL:
+        s = cceval_score.score(task.raw["prompt"], completion, task.middle, task.language)
+        return Judgement(None, "skipped", em=s.em, es=s.es / 100, compared=s.compared,
+                         detail="CrossCodeEval has no tests: exact match and edit similarity only")
     j = execute(task, completion, pool, timeout) if execute_tests else Judgement(None, "skipped",
                                                                                  detail="execution off")
     if task.benchmark == SANTACODER:

@@ -73,7 +73,8 @@ def system_outcomes(record: dict[str, Any], metric: str) -> dict[str, float | No
         out["ensemble"] = None if win is None else float(win)
         picks = [out[m] for m in MODELS]
         alls = [outcome(c, metric) for c in record["candidates"]]
-        out["oracle"] = None if any(o is None for o in alls) else float(any(alls))
+        # the best candidate: any pass for a yes/no metric, the highest edit similarity for ES
+        out["oracle"] = None if any(o is None for o in alls) else float(max(alls))
         out["random"] = None if any(p is None for p in picks) else sum(picks) / len(picks)  # expectation
     return out
 
@@ -201,8 +202,18 @@ def model_stats(records: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return out
 
 
+# metrics whose outcome is a share, not yes/no: the AUROC, gap buckets and win/tie/loss need yes/no
+GRADED = ("es",)
+
+
 def metric_names(benchmark: str) -> list[str]:
+    if benchmark == "crosscodeeval":
+        return ["em", "es"]
     return ["em_first_line", "em_strip", "pass"] if benchmark == "santacoder-fim" else ["pass"]
+
+
+def primary_metric(benchmark: str) -> str:
+    return {"santacoder-fim": "em_first_line", "crosscodeeval": "em"}.get(benchmark, "pass")
 
 
 def summarize(records: list[dict[str, Any]], benchmark: str, ks: Iterable[int] = (1, 5, 10)) -> dict[str, Any]:
@@ -223,11 +234,11 @@ def summarize(records: list[dict[str, Any]], benchmark: str, ks: Iterable[int] =
             if not table:
                 entry["metrics"][metric] = {"skipped": True, "why": _skip_reason(recs)}
                 continue
-            entry["metrics"][metric] = {"systems": table, **ppl_analysis(recs, metric)}
+            entry["metrics"][metric] = {"systems": table,
+                                        **(ppl_analysis(recs, metric) if metric not in GRADED else {})}
             if metric == "pass":
                 entry["judge_status"] = {s: statuses.count(s) for s in sorted(set(map(str, statuses)))}
-        primary = "pass" if benchmark != "santacoder-fim" else "em_first_line"
-        entry.update(model_stats(recs, primary))
+        entry.update(model_stats(recs, primary_metric(benchmark)))
         summary["by_language"][lang] = entry
     return summary
 

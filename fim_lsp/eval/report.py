@@ -13,12 +13,15 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .data import Task  # noqa: E402
-from .metrics import MODELS, model_pick, outcome  # noqa: E402
+from .metrics import MODELS, model_pick, outcome, primary_metric  # noqa: E402
 
 METRIC_TITLES = {
     "pass": "execution pass@1 (tests run in the sandbox)",
     "em_first_line": "exact match, first-line rule (Qwen2.5-Coder hm_fim / Open-dLLM: first line, stripped)",
     "em_strip": "exact match, whole-output strip rule (bigcode-evaluation-harness)",
+    "em": "exact match, CrossCodeEval (statement cut, comments removed, non-blank lines stripped); pass@1 = % of tasks",
+    "es": "edit similarity, CrossCodeEval (fuzz.ratio of the stripped texts); pass@1 = mean ES (0-100), "
+          "correct = sum of ES / 100",
 }
 
 
@@ -194,8 +197,7 @@ def headline(summary: dict[str, Any], tasks: list[Task] | None, system: str | No
 
 def write_reports(out: Path, summary: dict[str, Any], records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    primary = "em_first_line" if summary["benchmark"] == "santacoder-fim" else "pass"
-    made = plot(records, summary, out / "plots", primary)
+    made = plot(records, summary, out / "plots", primary_metric(summary["benchmark"]))
     body = render_markdown(summary, meta)
     if made:
         body += "## Plots\n\n" + "".join(f"![{m}](plots/{m})\n" for m in made)

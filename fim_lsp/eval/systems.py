@@ -24,6 +24,24 @@ class System(Protocol):
         ...
 
 
+def fim_request(task: Task, dllm_length: int | None) -> Any:
+    """The engine's request for a task: its text, and its project context and budget when it has them."""
+    from fim_lsp.engine.ensemble import FimRequest
+    return FimRequest(prefix=task.prefix, suffix=task.suffix, dllm_length=dllm_length, context=task.context,
+                      budget=task.budget)
+
+
+def prompt_sizes(comp: Any) -> dict[str, int]:
+    """Tokens and context chunks each model was given (what the engine recorded)."""
+    out = {}
+    if comp.qwen_prompt is not None:
+        out.update(qwen_tokens=len(comp.qwen_prompt.ids), qwen_chunks=len(comp.qwen_prompt.chunks))
+    if comp.dllm_prompt is not None:
+        p = comp.dllm_prompt
+        out.update(dllm_tokens=len(p.prefix_ids) + len(p.suffix_ids), dllm_chunks=len(p.chunks))
+    return out
+
+
 class CanonicalSystem:
     """Feeds the ground-truth middle as the completion: the harness's own self-check (no models)."""
 
@@ -79,15 +97,13 @@ class EnsembleSystem:
     def generate(self, jobs: list[Job]) -> list[dict[str, Any]]:
         import time
 
-        from fim_lsp.engine.ensemble import FimRequest
-
         # the engine seeds its generators on every call: sample s uses seed + s, so samples differ from
         # each other and a resumed run regenerates exactly what an uninterrupted one would have
         assert len({j.sample for j in jobs}) == 1, "one sample index per batch"
         if self.config.seed is not None:
             self.engine.reconfigure(self.config.replace(seed=self.config.seed + jobs[0].sample))
         lengths = [self._length(j.task) for j in jobs]
-        reqs = [FimRequest(prefix=j.task.prefix, suffix=j.task.suffix, dllm_length=n) for j, n in zip(jobs, lengths)]
+        reqs = [fim_request(j.task, n) for j, n in zip(jobs, lengths)]
         t0 = time.monotonic()
         results = self.engine.complete_batch(reqs, cancel=None)
         wall = time.monotonic() - t0
@@ -96,6 +112,7 @@ class EnsembleSystem:
             d = comp.to_dict(token_logprobs=False)
             out.append({"candidates": d["candidates"], "winner_index": d["winner_index"],
                         "timings": d["timings"], "notes": d["notes"], "dllm_length": n,
+                        "prompt": prompt_sizes(comp),
                         # a batch's wall time shared evenly: per-task latency when batched
                         "batch_seconds": wall / len(jobs)})
         return out
