@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from fim_lsp.engine.bidirectional import bidirectional_logits, logits_finish
+from fim_lsp.engine.diffusion import DiffusionParams
 from fim_lsp.engine.dllm_runner import DllmRunner
 from fim_lsp.engine.dual_cache import dual_cache_logits, static_dual_cache_pass
 from fim_lsp.engine.graphs import bucket
 from fim_lsp.engine.loading import LoadedModel, encode, load_model, mask_token_id
 from fim_lsp.engine.static_model import MIN_CACHE
+from fim_lsp.selfcheck.checks import CONF_ATOL
 from fim_lsp.tiny import build_model
 
 ATOL = 1e-4
@@ -172,3 +174,36 @@ def test_a_grown_buffer_never_pairs_an_old_refresh_graph_with_a_new_block_graph(
         a, e = mine(padded(xs, width), rows), eager(xs, rows)
         ok = torch.isfinite(e)
         assert float((a - e)[ok].abs().max()) < 1e-5
+
+
+def _rows(lm: LoadedModel) -> list[tuple[list[int], list[int], int]]:
+    tok = lm.tokenizer
+    return [(encode(tok, "def area(w, h):\n    return "), encode(tok, "\n\nprint(area(2, 3))\n"), 8),
+            (encode(tok, "import os\n"), encode(tok, "\nprint(os.name)\n"), 4)]
+
+
+def _params(refresh: int) -> DiffusionParams:
+    return DiffusionParams(steps=8, alg="p2", temperature=0.0, top_p=1.0, top_k=None, alg_temp=0.0, eps=1e-3,
+                           threshold=0.9, steps_per_token=None, cache_refresh=refresh)
+
+
+def test_compare_paths_finds_the_static_dual_cache_equal_to_the_eager_one_at_every_step(two_layers):
+    """The selfcheck's tie-proof comparison: fed the eager run's inputs, the graphed DualCache passes
+    (a refresh every 3 steps, block passes between) propose the eager path's tokens and confidences."""
+    runner = DllmRunner(two_layers, mask_token_id(two_layers.tokenizer), static=True)
+    gap = runner.compare_paths(_rows(two_layers), _params(REFRESH))
+    assert gap.calls == 8 and gap.token_mismatches == 0 and gap.max_conf_diff < CONF_ATOL / 100, gap
+    assert {k[0][0] for k in runner.graphs.keys()} == {"dual_full", "dual_block"}
+
+
+def test_compare_paths_sees_a_static_pass_that_never_refreshes(two_layers, monkeypatch):
+    """The comparison goes red when the static path computes something else: here its cache is
+    refreshed once and then never, while the eager one refreshes every 3 steps."""
+    import fim_lsp.engine.dllm_runner as dllm_runner
+
+    real = dllm_runner.static_dual_cache_pass
+    monkeypatch.setattr(dllm_runner, "static_dual_cache_pass",
+                        lambda net, run, buffer, valid, hole, every: real(net, run, buffer, valid, hole, 10**6))
+    runner = DllmRunner(two_layers, mask_token_id(two_layers.tokenizer), static=True)
+    gap = runner.compare_paths(_rows(two_layers), _params(REFRESH))
+    assert gap.max_conf_diff > CONF_ATOL, gap  # the selfcheck's tolerance sees it

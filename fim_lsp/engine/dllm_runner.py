@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -30,6 +30,15 @@ from .static_model import KVCache, StaticQwen2, cache_length
 WIDTH_STEP = 64  # static path: batch widths padded to a multiple of this, so graphs replay across requests
 # A hole row: (prefix ids, suffix ids, hole length in tokens)
 HoleRow = tuple[list[int], list[int], int]
+
+
+@dataclass
+class PathGap:
+    """How far the static path's proposals are from the eager path's, on the same inputs at every step."""
+
+    calls: int = 0
+    max_conf_diff: float = 0.0  # largest |static - eager| confidence at any window position
+    token_mismatches: int = 0  # window positions where the two proposed different tokens
 
 
 class _StaticFailed(Exception):
@@ -114,9 +123,8 @@ class DllmRunner:
                         generator.set_state(state)  # the eager rerun draws what it would have drawn
             return self._infill(rows, params, generator, cancel, static=False)
 
-    def _infill(self, rows: list[HoleRow], params: DiffusionParams, generator: torch.Generator | None,
-                cancel: CancelCheck | None, static: bool) -> list[Generation]:
-        start = time.perf_counter()
+    def _batch(self, rows: list[HoleRow], static: bool) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """x (right-padded), its valid columns, and each row's hole span."""
         dev, mid = self.device, self.mask_id
         seqs, spans = [], []
         for prefix, suffix, length in rows:
@@ -130,11 +138,23 @@ class DllmRunner:
         for b, r in enumerate(seqs):
             x[b, : len(r)] = torch.tensor(r, device=dev)
             valid[b, : len(r)] = True
-        if params.steps_per_token is not None:
-            longest = max(length for _, _, length in rows)
-            params = replace(params, steps=max(1, min(params.steps, math.ceil(longest * params.steps_per_token))))
-        result = run_sampler(x, mid, self._proposer(x, valid, params, generator, static), params, generator, cancel)
-        seconds = (time.perf_counter() - start) / len(seqs)
+        return x, valid, spans
+
+    @staticmethod
+    def _capped(rows: list[HoleRow], params: DiffusionParams) -> DiffusionParams:
+        if params.steps_per_token is None:
+            return params
+        longest = max(length for _, _, length in rows)
+        return replace(params, steps=max(1, min(params.steps, math.ceil(longest * params.steps_per_token))))
+
+    def _infill(self, rows: list[HoleRow], params: DiffusionParams, generator: torch.Generator | None,
+                cancel: CancelCheck | None, static: bool) -> list[Generation]:
+        start = time.perf_counter()
+        x, valid, spans = self._batch(rows, static)
+        params = self._capped(rows, params)
+        result = run_sampler(x, self.mask_id, self._proposer(x, valid, params, generator, static), params, generator,
+                             cancel)
+        seconds = (time.perf_counter() - start) / len(rows)
         out = []
         for b, (lo, hi) in enumerate(spans):
             hole = result.tokens[b, lo:hi].tolist()
@@ -144,6 +164,37 @@ class DllmRunner:
             out.append(Generation(model="dllm", text=text, token_ids=ids,
                                   forward_passes=result.passes[b], seconds=seconds, hole_length=hi - lo))
         return out
+
+    def compare_paths(self, rows: list[HoleRow], params: DiffusionParams) -> PathGap:
+        """Both paths' proposals on the same inputs at every step of the eager path's own run (the
+        selfcheck's). Comparing two whole runs' texts breaks on a near-tie: a random model's positions
+        can hold confidences 1e-9 apart, and the two paths sum in different orders. Needs the static path
+        and a temperature of 0 (the eager proposals steer the run; no draws are compared)."""
+        if not self.static or params.temperature > 0:
+            raise ValueError("compare_paths needs the static path and temperature 0")
+        with self.on_stream(), torch.inference_mode():
+            params = self._capped(rows, params)
+            x, valid, _ = self._batch(rows, static=False)
+            xs, valid_s, _ = self._batch(rows, static=True)
+            eager = self._proposer(x, valid, params, None, static=False)
+            try:
+                static = self._proposer(xs, valid_s, params, None, static=True)
+            except _StaticFailed:
+                raise RuntimeError(f"the static path fell back: {self.fallback}") from None
+            gap = PathGap()
+            padded = xs.clone()
+
+            def both(full: torch.Tensor, window: torch.Tensor, confidence: str) -> tuple[torch.Tensor, torch.Tensor]:
+                conf, tokens = eager(full, window, confidence)
+                padded[:, : full.size(1)] = full
+                conf_s, tokens_s = static(padded, window, confidence)
+                gap.calls += 1
+                gap.max_conf_diff = max(gap.max_conf_diff, float((conf_s - conf).abs().max()))
+                gap.token_mismatches += int((tokens_s != tokens).sum())
+                return conf, tokens
+
+            run_sampler(x, self.mask_id, both, params)
+        return gap
 
     def _proposer(self, x: torch.Tensor, valid: torch.Tensor, params: DiffusionParams,
                   generator: torch.Generator | None, static: bool) -> Propose:

@@ -63,6 +63,21 @@ class Prompts:
         return None if self.dllm_prompts is None else [(p.prefix_ids, p.suffix_ids) for p in self.dllm_prompts]
 
 
+def dllm_jobs(requests: list[FimRequest], ids: list[tuple[list[int], list[int]]],
+              cfg: EngineConfig) -> tuple[list[tuple[int, HoleRow]], DiffusionParams]:
+    """The diffusion stage's hole rows, each with its request's index (one per hole length tried), and
+    its sampling settings."""
+    jobs: list[tuple[int, HoleRow]] = []
+    for i, (r, (prefix, suffix)) in enumerate(zip(requests, ids)):
+        fixed = r.dllm_length or cfg.dllm_length
+        tried = cfg.dllm_lengths_single_line if r.single_line else cfg.dllm_lengths
+        for n in (fixed,) if fixed else sorted(set(tried)):
+            jobs.append((i, (prefix, suffix, n)))
+    params = DiffusionParams(cfg.steps, cfg.alg, cfg.temperature, cfg.top_p, cfg.top_k, cfg.alg_temp,
+                             cfg.eps, cfg.dllm_threshold, cfg.dllm_steps_per_token, cfg.dllm_cache_refresh)
+    return jobs, params
+
+
 class Engine:
     def __init__(self, config: EngineConfig, notify: Callable[[str], None] | None = None,
                  warmup_tokens: tuple[int, ...] | None = None) -> None:
@@ -475,14 +490,7 @@ class Engine:
 
     def _run_dllm(self, requests: list[FimRequest], ids: list[tuple[list[int], list[int]]], cfg: EngineConfig,
                   cancel: CancelCheck | None) -> list[tuple[int, Generation]]:
-        jobs: list[tuple[int, HoleRow]] = []
-        for i, (r, (prefix, suffix)) in enumerate(zip(requests, ids)):
-            fixed = r.dllm_length or cfg.dllm_length
-            tried = cfg.dllm_lengths_single_line if r.single_line else cfg.dllm_lengths
-            for n in (fixed,) if fixed else sorted(set(tried)):
-                jobs.append((i, (prefix, suffix, n)))
-        params = DiffusionParams(cfg.steps, cfg.alg, cfg.temperature, cfg.top_p, cfg.top_k, cfg.alg_temp,
-                                 cfg.eps, cfg.dllm_threshold, cfg.dllm_steps_per_token, cfg.dllm_cache_refresh)
+        jobs, params = dllm_jobs(requests, ids, cfg)
         outs = self.diffusion.infill([job for _, job in jobs], params, self._generator(self.dllm, 1), cancel)
         return [(i, out) for (i, _), out in zip(jobs, outs)]
 
