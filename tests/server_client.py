@@ -101,8 +101,9 @@ class Session:
 @contextlib.asynccontextmanager
 async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: list[str] | None = None,
                        caps: types.ClientCapabilities | None = None, wait: bool = True,
-                       launcher: list[str] | None = None) -> AsyncIterator[Session]:
-    """launcher: what python runs instead of `-m fim_lsp` (tests/faulty_server.py), its arguments after."""
+                       launcher: list[str] | None = None, folders: list[Path] | None = None) -> AsyncIterator[Session]:
+    """launcher: what python runs instead of `-m fim_lsp` (tests/faulty_server.py), its arguments after;
+    folders: the workspace folders the client opens."""
     client = make_test_lsp_client()
     session = Session(client)
 
@@ -114,7 +115,8 @@ async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: l
     await client.start_io(sys.executable, *(launcher or ["-m", "fim_lsp"]), *args, cwd=str(ROOT))
     try:
         session.init = await client.initialize_session(types.InitializeParams(
-            capabilities=caps or capabilities(), initialization_options={**FAST, **(options or {})}))
+            capabilities=caps or capabilities(), initialization_options={**FAST, **(options or {})},
+            workspace_folders=[types.WorkspaceFolder(uri=f.as_uri(), name=f.name) for f in folders or []] or None))
         if wait:
             await session.wait_state("ready", "failed")
         yield session

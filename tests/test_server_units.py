@@ -150,12 +150,13 @@ def test_readme_section_documents_every_key_with_its_default() -> None:
     from pathlib import Path
 
     from fim_lsp.engine.config import ENGINE_RULES, camel
+    from fim_lsp.context.settings import CONTEXT_RULES
     from fim_lsp.server.settings import SERVER_RULES
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = {key: (default, accepts) for key, default, accepts
             in re.findall(r"^\| `(\w+)` \| `([^`]*)` \| ([^|]*) \|", text, flags=re.M)}
-    rules = {camel(k): r for k, r in {**ENGINE_RULES, **SERVER_RULES}.items()}
+    rules = {camel(k): r for k, r in {**ENGINE_RULES, **SERVER_RULES, **CONTEXT_RULES}.items()}
     for key, default in all_defaults().items():
         assert key in rows, f"{key} is not documented"
         shown = json.loads(rows[key][0])

@@ -10,19 +10,23 @@ import pytest
 
 from fim_lsp.engine.config import ENGINE_RULES, EngineConfig, camel
 from fim_lsp.engine.rules import FLOAT, INT, INTS, Rule
+from fim_lsp.context.settings import CONTEXT_RULES, ContextSettings
 from fim_lsp.server.settings import SERVER_RULES, ServerSettings, apply_settings
 
-RULES = {**{camel(k): r for k, r in ENGINE_RULES.items()}, **{camel(k): r for k, r in SERVER_RULES.items()}}
+RULES = {**{camel(k): r for k, r in ENGINE_RULES.items()}, **{camel(k): r for k, r in SERVER_RULES.items()},
+         **{camel(k): r for k, r in CONTEXT_RULES.items()}}
 NUMERIC = {key: rule for key, rule in RULES.items() if rule.kind in (INT, FLOAT, INTS)}
 
 
 def test_every_field_has_a_rule_and_every_numeric_rule_two_bounds() -> None:
     assert set(ENGINE_RULES) == {f.name for f in dataclasses.fields(EngineConfig)}
     assert set(SERVER_RULES) == {f.name for f in dataclasses.fields(ServerSettings)}
+    assert set(CONTEXT_RULES) == {f.name for f in dataclasses.fields(ContextSettings)}
     for key, rule in NUMERIC.items():
         assert rule.low is not None and rule.high is not None, key
     EngineConfig().validate()
     ServerSettings().validate()
+    ContextSettings().validate()
 
 
 def edges(rule: Rule) -> tuple[list[float], list[float]]:
@@ -49,7 +53,7 @@ def test_each_bound_at_both_edges_through_apply_settings(key: str) -> None:
     for x in inside:
         up = apply_settings({key: as_value(rule, x)}, ServerSettings(), EngineConfig())
         assert up.errors == [], (key, x)
-        got = dataclasses.asdict(up.server) | dataclasses.asdict(up.engine)
+        got = dataclasses.asdict(up.server) | dataclasses.asdict(up.engine) | dataclasses.asdict(up.context)
         want = as_value(rule, x)
         assert got[_snake(key)] == (tuple(want) if rule.kind == INTS else want)
     for x in outside:
@@ -57,8 +61,9 @@ def test_each_bound_at_both_edges_through_apply_settings(key: str) -> None:
         (error,) = up.errors
         assert error.startswith(f"fimLsp.{key}: must be"), error
         assert up.server.enabled is False  # the good key of the same message applies
-        assert dataclasses.asdict(up.server) | dataclasses.asdict(up.engine) == \
-            dataclasses.asdict(ServerSettings(enabled=False)) | dataclasses.asdict(EngineConfig())
+        assert dataclasses.asdict(up.server) | dataclasses.asdict(up.engine) | dataclasses.asdict(up.context) == \
+            dataclasses.asdict(ServerSettings(enabled=False)) | dataclasses.asdict(EngineConfig()) | \
+            dataclasses.asdict(ContextSettings())
 
 
 def _snake(key: str) -> str:
@@ -73,6 +78,8 @@ BAD = [
     ("dllmLengths", "816"), ("dllmLengths", [1.9, 2.2]), ("dllmLengths", []), ("dllmLengths", [8] * 17),
     ("dllmThreshold", True), ("temperature", False), ("steps", True), ("enabled", 1), ("logLevel", 3),
     ("models", "all"), ("device", "meta"), ("arModel", 5), ("maxSuffixTokens", "256"),
+    ("projectContext", "false"), ("contextExclude", "*.md"), ("contextExclude", ["a", 3]),
+    ("contextExclude", ["x"] * 257), ("contextTotalTokens", float("inf")), ("dllmContextTokens", 2048),
 ]
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-INT, FLOAT, BOOL, STR, CHOICE, INTS = "int", "float", "bool", "str", "choice", "ints"
+INT, FLOAT, BOOL, STR, CHOICE, INTS, STRS = "int", "float", "bool", "str", "choice", "ints", "strs"
 
 
 def _show(value: Any) -> str:
@@ -29,7 +29,7 @@ class Rule:
     high_open: bool = False
     choices: tuple[str, ...] = ()
     nullable: bool = False
-    max_items: int = 16  # INTS: the longest list taken
+    max_items: int = 16  # INTS, STRS: the longest list taken
     fold_case: bool = False  # CHOICE: "INFO" means "info"
     auto: bool = False  # the string "auto" is taken too (a value derived at load time)
 
@@ -38,6 +38,8 @@ class Rule:
             text = "true or false"
         elif self.kind == STR:
             text = "a string"
+        elif self.kind == STRS:
+            text = f"a list of at most {self.max_items} strings"
         elif self.kind == CHOICE:
             text = "one of " + ", ".join(self.choices)
         else:
@@ -82,6 +84,9 @@ class Rule:
                 return None
             value = value.lower() if self.fold_case else value
             return value if value in self.choices else None
+        if self.kind == STRS:
+            ok = isinstance(value, (list, tuple)) and len(value) <= self.max_items
+            return tuple(value) if ok and all(isinstance(v, str) for v in value) else None
         if self.kind == INTS:
             if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= self.max_items:
                 return None

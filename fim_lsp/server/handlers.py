@@ -6,8 +6,8 @@ from typing import Any
 
 from lsprotocol import types
 
-from .hover import candidates_json, candidates_markdown
-from .server import CMD_ACCEPTED, CMD_SHOW, CMD_STATS, FimLanguageServer, guarded, reconfigure_engine
+from .hover import candidates_json, candidates_markdown, prompt_json
+from .server import CMD_ACCEPTED, CMD_PROMPT, CMD_SHOW, CMD_STATS, FimLanguageServer, guarded, reconfigure_engine
 from .service import Offer, accepted_args
 from .settings import as_keys
 
@@ -28,6 +28,22 @@ async def _complete(ls: FimLanguageServer, uri: str, pos: types.Position) -> Off
     return await ls.service.complete(uri, pos.line, pos.character, ls.document(uri), ls.settings)
 
 
+async def _watch_files(ls: FimLanguageServer) -> None:
+    """Ask the client to send file events for the workspace (the index follows files changed outside
+    the editor), where it lets a server register for them."""
+    ws = ls.client_capabilities.workspace
+    watched = ws.did_change_watched_files if ws else None
+    if not (watched and watched.dynamic_registration):
+        return  # saves still update the index
+    try:
+        await ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
+            id="fim-lsp-watched-files", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+            register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                watchers=[types.FileSystemWatcher(glob_pattern="**/*")]))]))
+    except Exception:  # noqa: BLE001 - without watching, saves still update the index
+        pass
+
+
 def register(ls: FimLanguageServer) -> None:
     background: set[asyncio.Task[Any]] = set()  # keeps fire-and-forget tasks alive until they finish
 
@@ -42,10 +58,35 @@ def register(ls: FimLanguageServer) -> None:
         new = ls.apply_settings(params.initialization_options or {}, "initializationOptions")
         if new is not None:
             ls.engine.reconfigure(new)  # nothing is loaded yet: just take the config
+        ls.update_roots()
 
     @ls.feature(types.INITIALIZED)
     def on_initialized(ls: FimLanguageServer, params: types.InitializedParams) -> None:
+        ls.initialized = True
         spawn(ls.load_models())
+        ls.start_indexing()
+        spawn(_watch_files(ls))
+
+    @ls.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+    def on_folders(ls: FimLanguageServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+        ls.update_roots()
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def on_open(ls: FimLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.document_opened(params.text_document.uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: FimLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.document_changed(params.text_document.uri, list(params.content_changes))
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def on_save(ls: FimLanguageServer, params: types.DidSaveTextDocumentParams) -> None:
+        ls.file_changed(params.text_document.uri)
+
+    @ls.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def on_watched(ls: FimLanguageServer, params: types.DidChangeWatchedFilesParams) -> None:
+        for event in params.changes:
+            ls.file_changed(event.uri, deleted=event.type == types.FileChangeType.Deleted)
 
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: FimLanguageServer, params: types.DidChangeConfigurationParams) -> None:
@@ -56,10 +97,12 @@ def register(ls: FimLanguageServer) -> None:
     @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: FimLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.worker.cancel_key(params.text_document.uri)
+        ls.document_closed(params.text_document.uri)
 
     @ls.feature(types.SHUTDOWN)
     def on_shutdown(ls: FimLanguageServer, params: Any = None) -> None:
         ls.worker.stop()
+        ls.project.close()
 
     @ls.feature(types.EXIT)
     def on_exit(ls: FimLanguageServer, params: Any = None) -> None:
@@ -113,6 +156,16 @@ def register(ls: FimLanguageServer) -> None:
     async def show_candidates(ls: FimLanguageServer, *args: Any) -> dict[str, Any] | None:
         return candidates_json(ls.service.last) if ls.service.last is not None else None
 
+    @ls.command(CMD_PROMPT)
+    @guarded(lambda: None)
+    async def show_prompt(ls: FimLanguageServer, *args: Any) -> dict[str, Any] | None:
+        if ls.service.last is None:
+            return None
+        engine = ls.engine
+        mask = engine.dllm.tokenizer.decode([engine.mask_id]) if engine.dllm is not None and engine.mask_id is not None \
+            else "<|mask|>"
+        return prompt_json(ls.service.last, mask)
+
     @ls.command(CMD_STATS)
     @guarded(lambda: {})
     async def stats(ls: FimLanguageServer, *args: Any) -> dict[str, Any]:
@@ -120,7 +173,8 @@ def register(ls: FimLanguageServer) -> None:
         out.update({"state": ls.loader.state, "models": ls.engine.available,
                     "loadErrors": dict(ls.engine.load_errors), "cacheEntries": len(ls.cache),
                     "workerBusy": ls.worker.busy, "graphs": ls.engine.graph_stats(),
-                    "settings": as_keys(ls.settings, ls.engine.config)})
+                    "settings": as_keys(ls.settings, ls.engine.config, ls.context_settings),
+                    "project": ls.project.stats()})
         return out
 
     @ls.command(CMD_ACCEPTED)

@@ -61,7 +61,43 @@ def candidates_markdown(offer: Offer, graphs: dict[str, Any] | None = None) -> s
         lines.append(graphs_line(graphs))
     for note in [*shown, *(n for n in comp.notes if n not in shown)]:
         lines.append(f"_{note}_")
+    lines.extend(context_lines(comp))
     return "\n".join(lines)
+
+
+def _chunk_rows(prompt: Any) -> list[dict[str, Any]]:
+    if prompt is None:
+        return []
+    return [{"path": u.chunk.path, "startLine": u.chunk.start_line, "endLine": u.chunk.end_line,
+             "tokens": u.tokens, "source": u.chunk.source} for u in prompt.chunks]
+
+
+def context_lines(comp: Any) -> list[str]:
+    """The project context that went into Qwen's prompt: file, lines, tokens and why."""
+    rows = _chunk_rows(comp.qwen_prompt)
+    if not rows:
+        return []
+    total = sum(r["tokens"] for r in rows)
+    out = ["", f"**project context:** {len(rows)} chunks, {total} tokens (`fimLsp.showPrompt` shows the prompts)"]
+    for r in rows:
+        out.append(f"- `{r['path']}` lines {r['startLine'] + 1}-{r['endLine']}, {r['tokens']} tokens ({r['source']})")
+    return out
+
+
+def prompt_json(offer: Offer, mask: str = "<|mask|>") -> dict[str, Any]:
+    """What the last completion's models were given: the decoded text of each model's tokens, and the
+    context chunks in Qwen's prompt (`dllmContext`: those in the diffusion model's, often fewer). The
+    diffusion prompt is shown with the hole of its best-scored candidate as `mask` tokens."""
+    comp = offer.completion
+    qwen, dllm = comp.qwen_prompt, comp.dllm_prompt
+    holes = sorted((c for c in comp.candidates if c.model == "dllm" and c.hole_length),
+                   key=lambda c: c.perplexity if math.isfinite(c.perplexity) else math.inf)
+    hole = holes[0].hole_length if holes else 0
+    return {"uri": offer.uri, "position": {"line": offer.line, "character": offer.character},
+            "qwen": qwen.text if qwen is not None else None,
+            "dllm": dllm.text(mask * hole) if dllm is not None else None, "dllmHoleLength": hole,
+            "context": _chunk_rows(qwen), "dllmContext": _chunk_rows(dllm),
+            "promptTokens": dict(comp.prompt_tokens), "fromCache": offer.from_cache}
 
 
 def candidates_json(offer: Offer) -> dict[str, Any]:

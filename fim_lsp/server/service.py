@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 
 from ..engine.ensemble import Engine
 from ..engine.prompt import clip_text
+from ..engine.requests import FimRequest, ProjectContext, PromptBudget
 from ..engine.results import CancelCheck, Candidate, Cancelled, Completion
 from .cache import CompletionCache
 from .context import FimContext, extract, split_lines, single_line_mode, window_chars
@@ -25,6 +26,8 @@ log = logging.getLogger("fim_lsp.server")
 MAX_DOCUMENT_CHARS = 20_000_000  # beyond this the editor is not sending code; skip rather than stall
 WaitReady = Callable[[float], Awaitable[bool]]  # seconds -> did a load attempt finish in time
 OnServed = Callable[[float, bool], None]  # (latency ms, from cache), after every answer that ran this far
+# (uri, document text, cursor line, settings) -> the request's project context and prompt budget
+ContextFor = Callable[[str, str, int, ServerSettings], Awaitable[tuple[ProjectContext | None, PromptBudget]]]
 
 
 @dataclass
@@ -67,9 +70,9 @@ def distinct_inserts(completion: Completion, ctx: FimContext, single_line: bool)
 
 class CompletionService:
     def __init__(self, engine: Engine, cache: CompletionCache, stats: Stats, worker: ModelWorker,
-                 wait_ready: WaitReady, on_served: OnServed) -> None:
+                 wait_ready: WaitReady, on_served: OnServed, context_for: ContextFor | None = None) -> None:
         self.engine, self.cache, self.stats, self.worker = engine, cache, stats, worker
-        self.wait_ready, self.on_served = wait_ready, on_served
+        self.wait_ready, self.on_served, self.context_for = wait_ready, on_served, context_for
         self.last: Offer | None = None  # for hover and fimLsp.showCandidates
         # Latest-wins across documents: the newest request, and the context it asked for (a request
         # for the same context, VS Code's inline + regular pair, is not superseded by it).
@@ -130,7 +133,13 @@ class CompletionService:
             stats.empty += 1
             return None
 
-        job = self._job_for(uri, ctx, settings, single)
+        context, budget = None, None
+        if self.context_for is not None:
+            context, budget = await self.context_for(uri, doc.text, ctx.line, settings)
+            if not self._is_latest(seq, key):
+                stats.superseded += 1
+                return None
+        job = self._job_for(uri, ctx, settings, single, context, budget)
         job.waiters += 1
         try:
             # shielded: one waiter's $/cancelRequest must not cancel a job that others still await
@@ -152,20 +161,21 @@ class CompletionService:
         self.cache.put(ctx.prefix, ctx.suffix, completion, uri=uri)
         return self._offer(uri, line, character, ctx, completion, single, False, started)
 
-    def _job_for(self, uri: str, ctx: FimContext, settings: ServerSettings, single: bool) -> Job:
+    def _job_for(self, uri: str, ctx: FimContext, settings: ServerSettings, single: bool,
+                 context: ProjectContext | None, budget: PromptBudget | None) -> Job:
         key = (ctx.prefix, ctx.suffix)
         job = self._inflight.get(key)
         if job is not None and not job.cancelled() and not job.future.done():
             self.stats.joined += 1
             return job
-        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, single, cancel), key=uri,
-                                 supersede=True)
+        job = self.worker.submit(lambda cancel: self._run_engine(ctx, settings, single, context, budget, cancel),
+                                 key=uri, supersede=True)
         self._inflight[key] = job
         job.future.add_done_callback(lambda _f: self._inflight.pop(key, None) if self._inflight.get(key) is job else None)
         return job
 
-    def _run_engine(self, ctx: FimContext, settings: ServerSettings, single: bool,
-                    cancel: CancelCheck) -> Completion:
+    def _run_engine(self, ctx: FimContext, settings: ServerSettings, single: bool, context: ProjectContext | None,
+                    budget: PromptBudget | None, cancel: CancelCheck) -> Completion:
         """Worker thread. Token budgets are applied here: tokenizing is model work too."""
         stats, engine = self.stats, self.engine
         tok = engine.tokenizer
@@ -174,7 +184,8 @@ class CompletionService:
         stats.model_runs += 1
         try:
             # single-line: the engine stops Qwen at the line's end instead of writing lines we cut
-            completion = engine.complete(prefix, suffix, cancel=cancel, single_line=single)
+            request = FimRequest(prefix, suffix, single_line=single, context=context, budget=budget)
+            completion = engine.complete_batch([request], cancel)[0]
         except Cancelled:
             stats.interrupted_loops += 1
             raise

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..context.settings import CONTEXT_RULES, ContextSettings
 from ..engine.config import EngineConfig, camel, config_from_settings, snake
 from ..engine.rules import BOOL, CHOICE, INT, Rule
 from ..engine.loading import ModelLoadError, _cached, _explain, _is_local, resolve_device, resolve_dtype
@@ -59,6 +60,7 @@ SERVER_RULES: dict[str, Rule] = {
 
 
 SERVER_KEYS = {camel(f.name): f for f in dataclasses.fields(ServerSettings)}
+CONTEXT_KEYS = {camel(f.name): f for f in dataclasses.fields(ContextSettings)}
 ENGINE_KEYS = {camel(f.name) for f in dataclasses.fields(EngineConfig)}
 
 
@@ -66,6 +68,7 @@ ENGINE_KEYS = {camel(f.name) for f in dataclasses.fields(EngineConfig)}
 class SettingsUpdate:
     server: ServerSettings
     engine: EngineConfig
+    context: ContextSettings
     errors: list[str] = field(default_factory=list)  # one readable line per rejected key
     unknown: list[str] = field(default_factory=list)
 
@@ -82,12 +85,19 @@ def unwrap(raw: Any) -> dict[str, Any]:
     return raw
 
 
-def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig) -> SettingsUpdate:
+def apply_settings(raw: Any, server: ServerSettings, engine: EngineConfig,
+                   context: ContextSettings = ContextSettings()) -> SettingsUpdate:
     """New settings from `raw`; rejected keys keep their old value and are listed in `errors`."""
     values = unwrap(raw)
-    update = SettingsUpdate(server=server, engine=engine)
+    update = SettingsUpdate(server=server, engine=engine, context=context)
     for key, value in values.items():
-        if key in SERVER_KEYS:
+        if key in CONTEXT_KEYS:
+            name = CONTEXT_KEYS[key].name
+            try:
+                update.context = dataclasses.replace(update.context, **{name: CONTEXT_RULES[name].check(key, value)})
+            except ValueError as err:
+                update.errors.append(_error(key, err))
+        elif key in SERVER_KEYS:
             name = SERVER_KEYS[key].name
             try:
                 candidate = dataclasses.replace(update.server, **{name: SERVER_RULES[name].check(key, value)})
@@ -169,16 +179,17 @@ def resolve_model(name: str, role: str) -> None:
         raise ModelLoadError(_explain(name, role, FileNotFoundError("not in the cache")))
 
 
-def as_keys(server: ServerSettings, engine: EngineConfig) -> dict[str, Any]:
+def as_keys(server: ServerSettings, engine: EngineConfig, context: ContextSettings = ContextSettings()) -> dict[str, Any]:
     """Every key with its value, camelCase, as the editor writes them (lists for tuples)."""
     out = {camel(f.name): getattr(engine, f.name) for f in dataclasses.fields(EngineConfig)}
     out.update({camel(f.name): getattr(server, f.name) for f in dataclasses.fields(ServerSettings)})
+    out.update({camel(f.name): getattr(context, f.name) for f in dataclasses.fields(ContextSettings)})
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 def all_defaults() -> dict[str, Any]:
     """Every key with its default for the server, as the README documents them."""
-    return as_keys(ServerSettings(), dataclasses.replace(EngineConfig(), **SERVER_ENGINE_DEFAULTS))
+    return as_keys(ServerSettings(), dataclasses.replace(EngineConfig(), **SERVER_ENGINE_DEFAULTS), ContextSettings())
 
 
 __all__ = ["ServerSettings", "SettingsUpdate", "apply_settings", "check_engine", "unwrap", "all_defaults", "as_keys", "snake"]
