@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
+from fim_lsp.context.settings import CONTEXT_RULES
 from fim_lsp.engine.config import ENGINE_RULES, camel
 from fim_lsp.engine.rules import INT, INTS
 from fim_lsp.server.settings import SERVER_RULES
@@ -64,7 +65,7 @@ def wire(rule, x: float):
 async def test_every_numeric_bound_at_both_edges(s: Session) -> None:
     start = await settings(s)
     keys = sorted(NUMERIC)
-    assert {camel(k) for k in ENGINE_RULES} | {camel(k) for k in SERVER_RULES} >= set(keys)
+    assert {camel(k) for k in {**ENGINE_RULES, **SERVER_RULES, **CONTEXT_RULES}} >= set(keys)
     try:
         for key in keys:
             rule = NUMERIC[key]

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,9 +75,17 @@ def serve_main(argv: list[str]) -> int:
         from .transport import serve_stdio
 
         received = serve_stdio(ls.protocol)
-    if received is not None:
-        ls.exit_code = 128 + received
-    return ls.close()
+    if received is None:
+        return ls.close()
+    ls.exit_code = 128 + received
+    code = ls.close()
+    # Interpreter teardown puts the default signal handlers back: a second Ctrl-C during it would kill
+    # the process by SIGINT instead of exiting 130. After a signal nothing is left to tear down.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ is rebuilt when the folders change or when a setting that decides what may be re
 globs, the size cap, the index bounds); the edit ranges survive that."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import queue
 import threading
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from ..context import ContextGatherer, ContextSettings, Cursor, DefinitionIndex, EditTracker, IndexProgress, Privacy
 from ..engine.requests import ProjectContext
@@ -29,6 +31,8 @@ class Project:
         self.edits = EditTracker()
         self.index: DefinitionIndex | None = None
         self._lock = threading.Lock()  # rebuilds (event loop) against gathers (a thread of their own)
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._build()
 
     def _build(self) -> None:
@@ -112,6 +116,38 @@ class Project:
             gatherer = self.gatherer
         return gatherer.gather(Cursor(path, text, line, window), open_docs)
 
+    async def gather_off_loop(self, path: Path | None, text: str, line: int, window: tuple[int, int],
+                              open_docs: Mapping[Path, str]) -> ProjectContext | None:
+        """`gather` on the project's own daemon thread, awaited from the event loop. Not the loop's
+        default executor: its threads are joined when the loop closes, and a signal that arrives while a
+        stopping server waits on that join finds no handler left (a second Ctrl-C must exit at once)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[ProjectContext | None] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if not done.done():
+                done.set_exception(error) if error is not None else done.set_result(result)
+
+        def job() -> None:
+            try:
+                result, error = self.gather(path, text, line, window, open_docs), None
+            except Exception as err:  # noqa: BLE001 - handed to the awaiting request
+                result, error = None, err
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:
+                pass  # the loop closed: the server is exiting
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="fim-lsp-context", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+        return await done
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
     def stats(self) -> dict[str, object]:
         index = self.index
         progress = index.progress if index is not None else None
@@ -121,5 +157,7 @@ class Project:
                 "editedRanges": len(self.edits.recent())}
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
         if self.index is not None:
             self.index.close()

@@ -227,7 +227,7 @@ class FimLanguageServer(LanguageServer):
             return None, budget
         window = (max(0, line - settings.prefix_lines), line + settings.suffix_lines + 1)
         docs = self.open_documents()
-        context = await asyncio.to_thread(self.project.gather, path, text, line, window, docs)
+        context = await self.project.gather_off_loop(path, text, line, window, docs)
         return context, budget
 
     async def begin_progress(self, title: str, message: str, kind: str) -> str | None:

@@ -42,6 +42,21 @@ export const SERVER_DEFAULTS = {
   waitForModelsMs: 10000,
   cacheSize: 256,
   logLevel: "info",
+  projectContext: true,
+  contextOpenFiles: true,
+  contextSameFile: true,
+  contextEdits: true,
+  contextDefinitions: true,
+  contextExclude: [] as string[],
+  contextMaxFileBytes: 1000000,
+  contextChunkLines: 32,
+  contextMaxChunks: 24,
+  contextDeadlineMs: 30,
+  contextTotalTokens: 4096,
+  dllmContextTokens: 512,
+  indexMaxFiles: 10000,
+  indexMaxReadBytes: 100000000,
+  indexMaxMemoryBytes: 64000000,
 };
 
 export type ServerSettings = { -readonly [K in keyof typeof SERVER_DEFAULTS]: (typeof SERVER_DEFAULTS)[K] };
@@ -106,6 +121,10 @@ function normalize(key: ServerKey, value: unknown): unknown {
       return isNumber(value) && value > 0 ? value : null;
     }
     return typeof value === "string" ? value : null;
+  }
+  if (key === "contextExclude") {
+    const ok = Array.isArray(value) && value.every((v) => typeof v === "string");
+    return ok ? [...(value as string[])] : [];
   }
   if (Array.isArray(def)) {
     const ok = Array.isArray(value) && value.length > 0 && value.every((v) => Number.isInteger(v) && v > 0);

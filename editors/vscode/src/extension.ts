@@ -170,6 +170,21 @@ async function showCandidates(): Promise<void> {
   await editor.edit((b) => b.insert(pos, chosen.text));
 }
 
+/** The last completion's prompts (fimLsp.showPrompt), as JSON in an untitled editor beside the code. */
+async function showPrompt(): Promise<void> {
+  if (!client) {
+    void vscode.window.showWarningMessage("fim-lsp: the server is not running");
+    return;
+  }
+  const result = await client.sendRequest(ExecuteCommandRequest.type, { command: "fimLsp.showPrompt", arguments: [] });
+  if (!result) {
+    void vscode.window.showInformationMessage("fim-lsp: no completion yet; type in a file first");
+    return;
+  }
+  const doc = await vscode.workspace.openTextDocument({ language: "json", content: JSON.stringify(result, null, 2) });
+  await vscode.window.showTextDocument(doc, { viewColumn: vscode.ViewColumn.Beside, preview: true });
+}
+
 async function setEnabled(on: boolean): Promise<void> {
   await section().update("enabled", on, vscode.ConfigurationTarget.Global);
 }
@@ -181,6 +196,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     output,
     statusItem,
     vscode.commands.registerCommand("fim-lsp.showCandidates", showCandidates),
+    vscode.commands.registerCommand("fim-lsp.showPrompt", showPrompt),
     vscode.commands.registerCommand("fim-lsp.enable", () => setEnabled(true)),
     vscode.commands.registerCommand("fim-lsp.disable", () => setEnabled(false)),
     vscode.commands.registerCommand("fim-lsp.restart", restart),

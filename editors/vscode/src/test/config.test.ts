@@ -21,7 +21,7 @@ describe("toServerSettings", () => {
   it("sends every server key with its default when nothing is set", () => {
     const s = toServerSettings(reader({}));
     assert.deepEqual(s, SERVER_DEFAULTS);
-    assert.equal(SERVER_KEYS.length, 38);
+    assert.equal(SERVER_KEYS.length, 54);
   });
 
   it("takes graphMemory as auto or a whole number of MB, else the default", () => {
@@ -97,6 +97,13 @@ describe("toServerSettings", () => {
     assert.deepEqual(s.dllmLengths, [8, 16, 32]);
     assert.equal(s.enabled, true);
     assert.equal(s.device, "auto");
+  });
+
+  it("passes the project-context keys, the exclude globs only as a list of strings", () => {
+    const s = toServerSettings(reader({ projectContext: false, contextExclude: ["*.md", "build/"], contextTotalTokens: 2048 }));
+    assert.deepEqual([s.projectContext, s.contextExclude, s.contextTotalTokens], [false, ["*.md", "build/"], 2048]);
+    assert.deepEqual(toServerSettings(reader({ contextExclude: "*.md" })).contextExclude, []);
+    assert.deepEqual(toServerSettings(reader({ contextExclude: ["a", 3] })).contextExclude, []);
   });
 
   it("does not share the default list object between calls", () => {
