@@ -150,6 +150,18 @@ def test_fim_candidates_lists_both_models_with_perplexities(ghost: dict[str, Any
     assert models[winner].startswith("* ")
 
 
+def test_fim_show_prompt_opens_the_prompts_the_models_saw(ghost: dict[str, Any], tmp_path: Path) -> None:
+    """:FimShowPrompt: the server's fimLsp.showPrompt in a JSON scratch buffer. The buffer's root
+    directory reaches the server as its workspace folder, so Qwen's prompt names the file by its path
+    in the repo-level layout."""
+    prompt = ghost["prompt"]
+    assert prompt["filetype"] == "json"
+    shown = json.loads("\n".join(prompt["lines"]))
+    assert shown == prompt["result"]
+    assert "<|file_sep|>sample.py\n<|fim_prefix|>" in shown["qwen"]
+    assert shown["qwen"].startswith("<|repo_name|>")
+
+
 def test_missing_server_gives_one_readable_message(tmp_path: Path) -> None:
     result = run_scenario("fail", tmp_path, [str(tmp_path / "no-such-fim-lsp")])
     ours = [n for n in result["notifications"] if n["msg"].startswith("fim-lsp:")]

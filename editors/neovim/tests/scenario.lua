@@ -190,6 +190,19 @@ function scenarios.ghost()
     out.float_lines = vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(got.win), 0, -1, false)
     out.float_relative = vim.api.nvim_win_get_config(got.win).relative
   end
+
+  local prompt
+  require("fim_lsp.prompt").show(0, function(result, scratch)
+    prompt = {
+      result = result or vim.NIL,
+      lines = scratch and vim.api.nvim_buf_get_lines(scratch, 0, -1, false) or vim.NIL,
+      filetype = scratch and vim.bo[scratch].filetype or vim.NIL,
+    }
+  end)
+  wait_for(function()
+    return prompt ~= nil
+  end, 10000)
+  out.prompt = prompt
 end
 
 -- A CRLF file (fileformat=dos): accept multi-line ghost text and write the file.

@@ -1,0 +1,42 @@
+-- :FimShowPrompt: what the models were given for the last completion (the server's fimLsp.showPrompt),
+-- as JSON in a scratch buffer in a new split: the decoded prompts and the project-context chunks.
+local util = require("fim_lsp.util")
+
+local M = {}
+
+--- Ask the server and open the answer.
+---@param bufnr? integer
+---@param callback? fun(result: table?, scratch: integer?)
+function M.show(bufnr, callback)
+  bufnr = bufnr or vim.api.nvim_get_current_buf()
+  local client = require("fim_lsp").client(bufnr)
+  if not client then
+    util.notify("no fim-lsp server is attached to this buffer", vim.log.levels.WARN)
+    return callback and callback(nil, nil)
+  end
+  util.request(client, "workspace/executeCommand", { command = "fimLsp.showPrompt", arguments = {} }, function(err, result)
+    if err then
+      util.notify("showPrompt failed: " .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      return callback and callback(nil, nil)
+    end
+    if result == nil or result == vim.NIL then
+      util.notify("no completion yet: type in a buffer first", vim.log.levels.INFO)
+      return callback and callback(nil, nil)
+    end
+    local text = vim.json.encode(result)
+    local ok, pretty = pcall(vim.fn.system, { "python3", "-m", "json.tool" }, text)
+    local lines = vim.split((ok and vim.v.shell_error == 0) and pretty or text, "\n", { trimempty = true })
+    vim.cmd("vsplit")
+    local scratch = vim.api.nvim_create_buf(false, true)
+    vim.api.nvim_win_set_buf(0, scratch)
+    vim.api.nvim_buf_set_lines(scratch, 0, -1, false, lines)
+    vim.bo[scratch].filetype = "json"
+    vim.bo[scratch].modifiable = false
+    vim.bo[scratch].bufhidden = "wipe"
+    if callback then
+      callback(result, scratch)
+    end
+  end, bufnr)
+end
+
+return M
