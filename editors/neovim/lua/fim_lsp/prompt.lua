@@ -14,13 +14,8 @@ function M.show(bufnr, callback)
     util.notify("no fim-lsp server is attached to this buffer", vim.log.levels.WARN)
     return callback and callback(nil, nil)
   end
-  util.request(client, "workspace/executeCommand", { command = "fimLsp.showPrompt", arguments = {} }, function(err, result)
-    if err then
-      util.notify("showPrompt failed: " .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
-      return callback and callback(nil, nil)
-    end
-    if result == nil or result == vim.NIL then
-      util.notify("no completion yet: type in a buffer first", vim.log.levels.INFO)
+  util.server_command(client, "fimLsp.showPrompt", bufnr, function(result)
+    if not result then
       return callback and callback(nil, nil)
     end
     local text = vim.json.encode(result)
@@ -36,7 +31,7 @@ function M.show(bufnr, callback)
     if callback then
       callback(result, scratch)
     end
-  end, bufnr)
+  end)
 end
 
 return M

@@ -22,6 +22,23 @@ function M.request(client, method, params, handler, bufnr)
   return client.request(method, params, handler, bufnr)
 end
 
+--- One of the server's `workspace/executeCommand` commands, without arguments: `on_result` gets its
+--- answer, or nil (and the user a message) when it failed or there is nothing to show yet.
+---@param on_result fun(result: table?)
+function M.server_command(client, command, bufnr, on_result)
+  M.request(client, "workspace/executeCommand", { command = command, arguments = {} }, function(err, result)
+    if err then
+      M.notify(command .. " failed: " .. (err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      return on_result(nil)
+    end
+    if result == nil or result == vim.NIL then
+      M.notify("no completion yet: type in a buffer first", vim.log.levels.INFO)
+      return on_result(nil)
+    end
+    on_result(result)
+  end, bufnr)
+end
+
 ---@return table? response {err, result}, or nil on timeout
 function M.request_sync(client, method, params, timeout_ms, bufnr)
   if has_011 then
