@@ -169,3 +169,66 @@ async def _index_built_again(s: Session) -> None:
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("the index was not rebuilt")
+
+
+async def test_an_edit_elsewhere_retires_the_cached_answer_made_without_it(s: Session, workspace: Path) -> None:
+    """The same cursor, asked twice, is served from the cache; once another document is edited, the
+    answer cached before the edit would hide it, so the next ask runs the models with the edit in."""
+    _main_open(s, workspace)
+    other = _uri(workspace, "other.py")
+    s.open(other, OTHER)
+    try:
+        first = await _prompt(s, workspace, 2, 0)
+        again = await _prompt(s, workspace, 2, 0)
+        assert not first["fromCache"] and again["fromCache"]
+        assert "CACHE_EDIT_MARKER" not in again["qwen"]
+        s.replace(other, OTHER.replace("row_12 = 12\n", "row_12 = 'CACHE_EDIT_MARKER'\n"))
+        after = await _prompt(s, workspace, 2, 0)
+        assert not after["fromCache"] and "CACHE_EDIT_MARKER" in after["qwen"]
+        assert any(c["path"] == "other.py" and c["source"] == "edit" for c in after["context"])
+    finally:
+        s.client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=other)))
+
+
+def _main_open(s: Session, workspace: Path) -> None:
+    """main.py open in the editor (an earlier test may have opened it already)."""
+    if _uri(workspace, "main.py") not in s.versions:
+        s.open(_uri(workspace, "main.py"), MAIN)
+
+
+def _ended_index_runs(s: Session) -> int:
+    return sum(1 for t, r in s.client.progress_reports.items()
+               if str(t).startswith("fim-lsp-index") and isinstance(r[-1], types.WorkDoneProgressEnd))
+
+
+async def test_a_removed_folder_leaves_the_context_and_an_added_one_is_indexed(s: Session, workspace: Path) -> None:
+    """workspace/didChangeWorkspaceFolders: without its folder the file is outside the workspace (no
+    repo, no path, no chunks); given back, the folder is indexed again (a new $/progress) and used."""
+    folder = types.WorkspaceFolder(uri=workspace.as_uri(), name=workspace.name)
+
+    def change(added: list[types.WorkspaceFolder], removed: list[types.WorkspaceFolder]) -> None:
+        s.client.workspace_did_change_workspace_folders(types.DidChangeWorkspaceFoldersParams(
+            event=types.WorkspaceFoldersChangeEvent(added=added, removed=removed)))
+
+    _main_open(s, workspace)
+    ended = _ended_index_runs(s)
+    change([], [folder])
+    try:
+        for _ in range(100):
+            project = (await s.stats())["project"]
+            if project["roots"] == []:
+                break
+            await asyncio.sleep(0.05)
+        assert project == {**project, "roots": [], "indexFiles": 0}
+        shown = await _prompt(s, workspace, 1, 0)
+        assert shown["context"] == [] and "<|repo_name|>" not in shown["qwen"] and "main.py" not in shown["qwen"]
+    finally:
+        change([folder], [])
+    for _ in range(600):
+        if _ended_index_runs(s) > ended:
+            break
+        await asyncio.sleep(0.05)
+    assert (await s.stats())["project"]["indexFiles"] == 3
+    shown = await _prompt(s, workspace, 6, 9)
+    assert shown["qwen"].startswith("<|repo_name|>myrepo\n") and "HELPERS_MARKER" in shown["qwen"]

@@ -94,6 +94,16 @@ def test_cache_exact_and_typing_through() -> None:
     assert len(cache) == 2 and cache.get("def f(a, b):\n    ", "\n") is None  # evicted
 
 
+def test_cache_drops_every_other_documents_answers() -> None:
+    cache = CompletionCache(8)
+    comp = Completion(candidates=[cand("qwen", "return a + b", 1.0)], winner=cand("qwen", "return a + b", 1.0), timings={})
+    for uri in ("a", "b", "c"):
+        cache.put("def f(a, b):\n    ", "\n", comp, uri=uri)
+    assert cache.drop_others("b") == 2
+    assert len(cache) == 1 and cache.get("def f(a, b):\n    ", "\n", uri="b") is not None
+    assert cache.get("def f(a, b):\n    ", "\n", uri="a") is None
+
+
 def test_settings_apply_good_keys_and_reject_bad_ones_by_name() -> None:
     up = apply_settings({"fimLsp": {"steps": 7, "prefixLines": 10, "temperature": -1, "debounceMs": "x",
                                      "models": "qwen", "bogus": 1}}, ServerSettings(), EngineConfig())

@@ -30,6 +30,15 @@ class CompletionCache:
     def clear(self) -> None:
         self._items.clear()
 
+    def drop_others(self, uri: str) -> int:
+        """Forget the answers of every document but `uri`; returns how many went. Another document's
+        edit, close or save changes what their project context would hold, while this document's own
+        answers stay: its typing is what the cache serves (typing through)."""
+        stale = [key for key in self._items if key[0] != uri]
+        for key in stale:
+            del self._items[key]
+        return len(stale)
+
     def resize(self, size: int) -> None:
         self.size = size
         while len(self._items) > max(size, 0):

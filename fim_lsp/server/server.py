@@ -206,17 +206,27 @@ class FimLanguageServer(LanguageServer):
             elif old is not None:
                 self.project.edited_whole(path, old, change.text)
                 old = change.text
+        self._context_moved(uri)
 
     def document_closed(self, uri: str) -> None:
         self._texts.pop(uri, None)
         path = self.document_path(uri)
         if path is not None:
             self.project.closed(path)
+            self._context_moved(uri)
 
     def file_changed(self, uri: str, deleted: bool = False) -> None:
         path = self.document_path(uri)
         if path is not None:
             self.project.changed_on_disk(path, deleted)
+            self._context_moved(uri)
+
+    def _context_moved(self, uri: str) -> None:
+        """`uri` was edited, closed, saved or changed on disk: what the other documents' completions saw
+        of it is out of date, so their cached answers go (a completion in a file that calls a function
+        just written elsewhere must see it). The document's own answers stay, for typing through."""
+        if self.context_settings.project_context:
+            self.cache.drop_others(uri)
 
     async def project_context(self, uri: str, text: str, line: int,
                               settings: ServerSettings) -> tuple[ProjectContext | None, PromptBudget]:
@@ -227,7 +237,11 @@ class FimLanguageServer(LanguageServer):
             return None, budget
         window = (max(0, line - settings.prefix_lines), line + settings.suffix_lines + 1)
         docs = self.open_documents()
-        context = await self.project.gather_off_loop(path, text, line, window, docs)
+        try:
+            context = await self.project.gather_off_loop(path, text, line, window, docs)
+        except Exception:  # noqa: BLE001 - a context bug must not cost the completion: local window alone
+            log.exception("gathering project context failed; this completion sees the local window alone")
+            return None, budget
         return context, budget
 
     async def begin_progress(self, title: str, message: str, kind: str) -> str | None:
