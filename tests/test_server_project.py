@@ -128,6 +128,14 @@ async def test_an_edit_in_another_open_document_goes_in_and_closing_it_takes_it_
     shown = await _prompt(s, workspace, 5, 4)
     assert not any(c["path"] == "other.py" for c in shown["context"]), shown["context"]
     assert "EDIT_MARKER" not in shown["qwen"]
+    # its edited ranges went too: opened again (the edit undone on disk), none of them comes back
+    s.open(other, OTHER)
+    try:
+        shown = await _prompt(s, workspace, 5, 0)
+        assert not any(c["source"] == "edit" and c["path"] == "other.py" for c in shown["context"]), shown["context"]
+    finally:
+        s.client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=other)))
 
 
 async def test_settings_turn_context_off_and_a_bad_key_is_refused_by_name(s: Session, workspace: Path) -> None:
