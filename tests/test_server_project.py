@@ -240,3 +240,18 @@ async def test_a_removed_folder_leaves_the_context_and_an_added_one_is_indexed(s
     assert (await s.stats())["project"]["indexFiles"] == 3
     shown = await _prompt(s, workspace, 6, 9)
     assert shown["qwen"].startswith("<|repo_name|>myrepo\n") and "HELPERS_MARKER" in shown["qwen"]
+
+
+async def test_a_refused_current_file_gets_the_local_window_alone(s: Session, workspace: Path) -> None:
+    """The cursor in the gitignored private.py: no repo name, no path, no chunks of other files (the
+    models see the local window, as with project context off)."""
+    private = _uri(workspace, "private.py")
+    if private not in s.versions:
+        s.open(private, PRIVATE)
+    await s.inline(private, 1, 0, invoked=True)
+    shown = await s.command("fimLsp.showPrompt")
+    assert shown is not None and shown["uri"] == private
+    assert shown["context"] == [] and shown["dllmContext"] == []
+    assert "<|repo_name|>" not in shown["qwen"] and "<|file_sep|>" not in shown["qwen"]
+    assert "private.py" not in shown["qwen"] and "HELPERS_MARKER" not in shown["qwen"] + shown["dllm"]
+    assert "IGNORED_MARKER" in shown["qwen"]  # its own local window, as before
