@@ -162,6 +162,7 @@ class FimLanguageServer(LanguageServer):
         message = f"{p.files_done}/{p.files_total} files, {p.definitions} definitions{stopped}"
         if p.finished:
             log.info("index: %s", message)
+            self.cache.clear()  # answers made while it built lack definitions it holds now
         if token is None:
             return
         if p.finished:
