@@ -183,6 +183,7 @@ async def test_an_edit_elsewhere_retires_the_cached_answer_made_without_it(s: Se
     """The same cursor, asked twice, is served from the cache; once another document is edited, the
     answer cached before the edit would hide it, so the next ask runs the models with the edit in."""
     _main_open(s, workspace)
+    await _index_settled(s)  # an index build ending empties the cache: none may end in between
     other = _uri(workspace, "other.py")
     s.open(other, OTHER)
     try:
@@ -203,6 +204,19 @@ def _main_open(s: Session, workspace: Path) -> None:
     """main.py open in the editor (an earlier test may have opened it already)."""
     if _uri(workspace, "main.py") not in s.versions:
         s.open(_uri(workspace, "main.py"), MAIN)
+
+
+async def _index_settled(s: Session) -> None:
+    """No index build under way: the server's index has finished (asked after every setting sent so
+    far), and each index $/progress the client has seen has ended (the server ends one after acting on
+    the build's end)."""
+    for _ in range(600):
+        progress = (await s.stats())["project"]["indexProgress"]
+        runs = [r for t, r in s.client.progress_reports.items() if str(t).startswith("fim-lsp-index")]
+        if progress and progress["finished"] and all(isinstance(r[-1], types.WorkDoneProgressEnd) for r in runs):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the index did not settle")
 
 
 def _ended_index_runs(s: Session) -> int:
