@@ -81,6 +81,16 @@ async def _prompt_at(s: Session, path: Path, text: str, line: int = 5, col: int 
     return shown
 
 
+async def _applied(s: Session) -> None:
+    """Wait until the server has applied the file events it was sent (on a thread of its own; the
+    notification's handler only queues them)."""
+    for _ in range(600):
+        if (await s.stats())["project"]["pendingFileEvents"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("file events still pending")
+
+
 def _definitions(shown: dict) -> list[str]:
     return [c["path"] for c in shown["context"] if c["source"] == "definition"]
 
@@ -110,6 +120,7 @@ async def test_a_saved_file_is_indexed_again(s: Session, folders: tuple[Path, Pa
     helpers.write_text(helpers.read_text() + "\n\n" + _definition("saved_later_fn", "SAVED_MARKER"))
     s.client.text_document_did_save(types.DidSaveTextDocumentParams(
         text_document=types.TextDocumentIdentifier(uri=helpers.as_uri())))
+    await _applied(s)
     shown = await _prompt_at(s, main, _caller("saved_later_fn") + "\n")
     assert "SAVED_MARKER" in shown["qwen"] and _definitions(shown) == ["helpers.py"], shown["context"]
 
@@ -121,12 +132,14 @@ async def test_files_created_and_deleted_outside_the_editor_follow_watched_file_
     made.write_text(_definition("watched_new_fn", "WATCHED_MARKER"))
     s.client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
         changes=[types.FileEvent(uri=made.as_uri(), type=types.FileChangeType.Created)]))
+    await _applied(s)
     main = a / "main_watched.py"
     shown = await _prompt_at(s, main, _caller("watched_new_fn"))
     assert "WATCHED_MARKER" in shown["qwen"] and _definitions(shown) == ["made_outside.py"]
     made.unlink()
     s.client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
         changes=[types.FileEvent(uri=made.as_uri(), type=types.FileChangeType.Deleted)]))
+    await _applied(s)
     shown = await _prompt_at(s, main, _caller("watched_new_fn") + "\n")
     assert "WATCHED_MARKER" not in shown["qwen"] and _definitions(shown) == []
 
