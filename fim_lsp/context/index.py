@@ -164,14 +164,19 @@ class DefinitionIndex:
             self._drop(path)
 
     def _drop(self, path: Path) -> None:
-        """Under the lock."""
-        for item in self._by_path.pop(path, ()):
-            self._memory -= len(item.definition.text) + ENTRY_OVERHEAD
-            same = self._by_name.get(item.definition.name)
+        """Under the lock. The file's own entries are told apart by identity: a name such as `__init__`
+        or `run` has thousands of entries in a large workspace, and comparing each one's Path made every
+        save of a file that defines it cost milliseconds per definition."""
+        items = self._by_path.pop(path, ())
+        mine = {id(item) for item in items}
+        for name in {item.definition.name for item in items}:
+            same = self._by_name.get(name)
             if same is not None:
-                same[:] = [d for d in same if d.path != path]
+                same[:] = [d for d in same if id(d) not in mine]
                 if not same:
-                    del self._by_name[item.definition.name]
+                    del self._by_name[name]
+        for item in items:
+            self._memory -= len(item.definition.text) + ENTRY_OVERHEAD
 
     def _add(self, path: Path, from_build: bool) -> str | None:
         """Index one file. Returns the bound that stops the build, or None."""
