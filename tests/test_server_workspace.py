@@ -221,3 +221,26 @@ async def test_a_context_setting_change_is_not_answered_from_the_cache(s: Sessio
         assert "FIRST_MARKER" not in shown["qwen"]
     finally:
         s.configure(projectContext=True)
+
+
+async def test_an_incremental_edit_in_another_open_document_puts_its_range_in(s: Session,
+                                                                              folders: tuple[Path, Path]) -> None:
+    """Editors send ranges (VS Code, Neovim), not whole documents: the edited lines of another open
+    document go in as an "edit" chunk, placed where the edit now is."""
+    a, _ = folders
+    rows = "".join(f"row_{i} = {i}\n" for i in range(60))
+    other = (a / "rows.py").as_uri()
+    s.open(other, rows)
+    s.versions[other] += 1
+    s.client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=other, version=s.versions[other]),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(start=types.Position(line=40, character=0), end=types.Position(line=41, character=0)),
+            text="row_40 = 'FIRST_EDIT'\nrow_40b = 'INCREMENTAL_MARKER'\n")]))
+    shown = await _prompt_at(s, a / "main_incremental.py", _caller("nothing_defined_fn"))
+    edits = [c for c in shown["context"] if c["source"] == "edit"]
+    assert [c["path"] for c in edits] == ["rows.py"], shown["context"]
+    assert edits[0]["startLine"] <= 41 < edits[0]["endLine"]
+    assert "INCREMENTAL_MARKER" in shown["qwen"] and "FIRST_EDIT" in shown["qwen"]
+    s.client.text_document_did_close(types.DidCloseTextDocumentParams(
+        text_document=types.TextDocumentIdentifier(uri=other)))
