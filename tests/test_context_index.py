@@ -210,3 +210,21 @@ def test_background_build_reports_progress(tmp_path: Path) -> None:
     assert reports[-1] == IndexProgress(30, 30, 30, True) and index.progress == reports[-1]
     assert all(not r.finished for r in reports[:-1])
     assert len(index.lookup("g29")) == 1
+
+
+def test_a_symlink_loop_or_a_broken_link_in_the_workspace_does_not_stop_the_build(tmp_path: Path) -> None:
+    """Resolving a link that loops raises (RuntimeError on Python 3.11, OSError later): such a file is
+    refused like any other that cannot be read, and the build goes on to the files after it."""
+    root = workspace(tmp_path, {"a.py": "def before_fn(): pass\n", "z.py": "def after_fn(): pass\n"})
+    (root / "l1.py").symlink_to("l2.py")
+    (root / "l2.py").symlink_to("l1.py")
+    (root / "self.py").symlink_to("self.py")
+    (root / "dangling.py").symlink_to("missing.py")
+    privacy = Privacy([root])
+    assert not privacy.allows(root / "l1.py") and privacy.refusal(root / "self.py") is not None
+    index = DefinitionIndex(privacy)
+    progress = index.build()
+    assert progress.finished and progress.stopped_by is None
+    assert len(index.lookup("before_fn")) == 1 and len(index.lookup("after_fn")) == 1
+    index.update(root / "l1.py")  # a watched-file event for it: nothing to index, no error
+    assert index.files() == 2

@@ -238,9 +238,34 @@ async def test_an_incremental_edit_in_another_open_document_puts_its_range_in(s:
             range=types.Range(start=types.Position(line=40, character=0), end=types.Position(line=41, character=0)),
             text="row_40 = 'FIRST_EDIT'\nrow_40b = 'INCREMENTAL_MARKER'\n")]))
     shown = await _prompt_at(s, a / "main_incremental.py", _caller("nothing_defined_fn"))
-    edits = [c for c in shown["context"] if c["source"] == "edit"]
-    assert [c["path"] for c in edits] == ["rows.py"], shown["context"]
-    assert edits[0]["startLine"] <= 41 < edits[0]["endLine"]
+    edits = [c for c in shown["context"] if c["source"] == "edit" and c["path"] == "rows.py"]
+    assert len(edits) == 1 and edits[0]["startLine"] <= 41 < edits[0]["endLine"], shown["context"]
     assert "INCREMENTAL_MARKER" in shown["qwen"] and "FIRST_EDIT" in shown["qwen"]
     s.client.text_document_did_close(types.DidCloseTextDocumentParams(
         text_document=types.TextDocumentIdentifier(uri=other)))
+
+
+async def test_documents_whose_path_cannot_be_resolved_break_nothing(s: Session, folders: tuple[Path, Path]) -> None:
+    """A URI with an encoded NUL byte names no file that can exist (resolving it raises): a request in
+    it is answered, and while it is open every other document keeps its context (every gather meets it
+    among the open documents)."""
+    a, _ = folders
+    odd = (a / "odd.py").as_uri().replace("odd.py", "od%00d.py")
+    errors = (await s.stats())["errors"]
+    s.open(odd, _caller("first_helper_fn"))
+    assert isinstance(await s.inline(odd, 5, 11, invoked=True), list)
+    shown = await _prompt_at(s, a / "main_odd.py", _caller("first_helper_fn"))
+    assert _definitions(shown) == ["helpers.py"]
+    assert (await s.stats())["errors"] == errors
+    s.client.text_document_did_close(types.DidCloseTextDocumentParams(
+        text_document=types.TextDocumentIdentifier(uri=odd)))
+
+
+async def test_a_failing_gather_leaves_the_local_window(tiny_models: Path, folders: tuple[Path, Path]) -> None:
+    """Gathering raises (injected): the completion is still made, from the local window alone."""
+    a, _ = folders
+    launcher = [str(Path(__file__).parent / "faulty_server.py"), "gather", "--"]
+    async with start_server(tiny_models, folders=[a], launcher=launcher) as s:
+        shown = await _prompt_at(s, a / "main_failing.py", _caller("first_helper_fn"))
+        assert shown["context"] == [] and shown["qwen"].startswith("<|fim_prefix|>import os")
+        assert (await s.stats())["errors"] == 0

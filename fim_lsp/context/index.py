@@ -6,6 +6,7 @@ most `max_files` files, `max_read_bytes` read in all and `max_memory_bytes` of d
 a bound it stops growing and says which bound it hit. It reads only what `Privacy` allows."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Callable, Iterator
 
 from .definitions import Definition, find_definitions, language_of
 from .privacy import Privacy
+
+log = logging.getLogger("fim_lsp.context")
 
 # Folders of generated or installed code: never the user's own, and often huge, ignored or not.
 SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", ".venv", "venv", ".tox", ".nox", ".mypy_cache",
@@ -110,7 +113,11 @@ class DefinitionIndex:
             if self._stop.is_set():
                 stopped = stopped or "closed"
                 break
-            why = self._add(path, from_build=True)
+            try:
+                why = self._add(path, from_build=True)
+            except Exception:  # noqa: BLE001 - one file that cannot be indexed must not end the build
+                log.debug("index: skipped %s", path, exc_info=True)
+                why = None
             if why is not None:
                 stopped = why
                 break
