@@ -3,7 +3,8 @@ This machine has no GPU, so a graph capture cannot fail here and no pass can run
 
     python tests/faulty_server.py capture -- <fim-lsp arguments>       every graph capture raises
     python tests/faulty_server.py oom-request -- <fim-lsp arguments>   the first static pass after loading
-                                                                       runs out of memory"""
+                                                                       runs out of memory
+    python tests/faulty_server.py gather -- <fim-lsp arguments>        gathering project context raises"""
 from __future__ import annotations
 
 import sys
@@ -33,6 +34,12 @@ def inject(fault: str) -> None:
                 raise torch.OutOfMemoryError("injected: CUDA out of memory")
             return run(self, key, make, inputs)
         Engine.load, GraphSet.run = loaded, oom_once
+    elif fault == "gather":
+        from fim_lsp.context.gather import ContextGatherer
+
+        def gather(self, *args, **kwargs):
+            raise RuntimeError("injected: gathering failed")
+        ContextGatherer.gather = gather
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -41,6 +41,7 @@ class Session:
         self.statuses: list[dict[str, Any]] = []
         self.versions: dict[str, int] = {}
         self.init: types.InitializeResult | None = None
+        self.registrations: list[types.Registration] = []  # client/registerCapability, as received
 
     async def wait_state(self, *states: str, timeout: float = 60, since: int = 0) -> dict[str, Any]:
         """The latest load's status once its state is in `states` (statuses from index `since` on)."""
@@ -101,9 +102,11 @@ class Session:
 @contextlib.asynccontextmanager
 async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: list[str] | None = None,
                        caps: types.ClientCapabilities | None = None, wait: bool = True,
-                       launcher: list[str] | None = None, folders: list[Path] | None = None) -> AsyncIterator[Session]:
+                       launcher: list[str] | None = None, folders: list[Path] | None = None,
+                       root: Path | None = None) -> AsyncIterator[Session]:
     """launcher: what python runs instead of `-m fim_lsp` (tests/faulty_server.py), its arguments after;
-    folders: the workspace folders the client opens."""
+    folders: the workspace folders the client opens; root: the rootUri it sends (older clients send
+    that alone)."""
     client = make_test_lsp_client()
     session = Session(client)
 
@@ -111,12 +114,17 @@ async def start_server(tiny: Path, options: dict[str, Any] | None = None, cli: l
     def on_status(params: Any) -> None:
         session.statuses.append(params if isinstance(params, dict) else params._asdict())
 
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def on_register(params: types.RegistrationParams) -> None:
+        session.registrations.extend(params.registrations)
+
     args = ["--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu", *(cli or [])]
     await client.start_io(sys.executable, *(launcher or ["-m", "fim_lsp"]), *args, cwd=str(ROOT))
     try:
         session.init = await client.initialize_session(types.InitializeParams(
             capabilities=caps or capabilities(), initialization_options={**FAST, **(options or {})},
-            workspace_folders=[types.WorkspaceFolder(uri=f.as_uri(), name=f.name) for f in folders or []] or None))
+            workspace_folders=[types.WorkspaceFolder(uri=f.as_uri(), name=f.name) for f in folders or []] or None,
+            root_uri=root.as_uri() if root is not None else None))
         if wait:
             await session.wait_state("ready", "failed")
         yield session

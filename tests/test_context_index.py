@@ -156,6 +156,29 @@ def test_index_build_lookup_update_remove(tmp_path: Path) -> None:
     assert index.lookup("Account") == ()
 
 
+def test_a_name_many_files_define_keeps_the_other_files_entries(tmp_path: Path) -> None:
+    """Updating or removing one file drops its own entries of a shared name (`__init__`, `run`) and
+    no one else's, and the memory count returns to what the files hold."""
+    body = "class A{i}:\n    def __init__(self):\n        self.v = {i}\n"
+    root = workspace(tmp_path, {f"m{i}.py": body.format(i=i) for i in range(5)})
+    index = DefinitionIndex(Privacy([root]))
+    index.build()
+    memory = index.memory_bytes()
+    assert sorted(item.path.name for item in index.lookup("__init__")) == [f"m{i}.py" for i in range(5)]
+    (root / "m2.py").write_text(body.format(i=2) + "    def __init__(self, x):\n        self.v = x\n")
+    index.update(root / "m2.py")
+    assert sorted(item.path.name for item in index.lookup("__init__")) == ["m0.py", "m1.py", "m2.py", "m2.py",
+                                                                          "m3.py", "m4.py"]
+    index.remove(root / "m2.py")
+    assert sorted(item.path.name for item in index.lookup("__init__")) == ["m0.py", "m1.py", "m3.py", "m4.py"]
+    (root / "m2.py").write_text(body.format(i=2))
+    index.update(root / "m2.py")
+    assert index.memory_bytes() == memory and len(index.lookup("__init__")) == 5
+    for i in range(5):
+        index.remove(root / f"m{i}.py")
+    assert index.lookup("__init__") == () and index.lookup("A0") == () and index.memory_bytes() == 0
+
+
 def test_bounds_stop_the_build_and_say_which(tmp_path: Path) -> None:
     files = {f"m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(10)}
     root = workspace(tmp_path, files)
@@ -187,3 +210,21 @@ def test_background_build_reports_progress(tmp_path: Path) -> None:
     assert reports[-1] == IndexProgress(30, 30, 30, True) and index.progress == reports[-1]
     assert all(not r.finished for r in reports[:-1])
     assert len(index.lookup("g29")) == 1
+
+
+def test_a_symlink_loop_or_a_broken_link_in_the_workspace_does_not_stop_the_build(tmp_path: Path) -> None:
+    """Resolving a link that loops raises (RuntimeError on Python 3.11, OSError later): such a file is
+    refused like any other that cannot be read, and the build goes on to the files after it."""
+    root = workspace(tmp_path, {"a.py": "def before_fn(): pass\n", "z.py": "def after_fn(): pass\n"})
+    (root / "l1.py").symlink_to("l2.py")
+    (root / "l2.py").symlink_to("l1.py")
+    (root / "self.py").symlink_to("self.py")
+    (root / "dangling.py").symlink_to("missing.py")
+    privacy = Privacy([root])
+    assert not privacy.allows(root / "l1.py") and privacy.refusal(root / "self.py") is not None
+    index = DefinitionIndex(privacy)
+    progress = index.build()
+    assert progress.finished and progress.stopped_by is None
+    assert len(index.lookup("before_fn")) == 1 and len(index.lookup("after_fn")) == 1
+    index.update(root / "l1.py")  # a watched-file event for it: nothing to index, no error
+    assert index.files() == 2

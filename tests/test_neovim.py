@@ -287,3 +287,27 @@ def test_no_weights_and_no_network_fail_within_seconds(tmp_path: Path) -> None:
     assert result["failed"], result.get("status")
     assert result["failed_after_ms"] < 30_000
     assert "offline mode is on" in result["status"]["message"] and "hf download" in result["status"]["message"]
+
+
+CALLER = "import helpers\n\n\ndef run(points):\n    doubled = scale_vector_by(points, 2)\n    "
+HELPERS = 'def scale_vector_by(values, factor):\n    """HELPERS_MARKER"""\n    return [v * factor for v in values]\n'
+
+
+def test_context_settings_from_setup_reach_the_server_and_the_index_feeds_the_prompt(
+        forced_lines: Path, tmp_path: Path) -> None:
+    """The context keys in setup()'s `settings` are in force on the server; the buffer's root (here the
+    directory with pyproject.toml) is indexed; `:FimShowPrompt` shows the definition from helpers.py,
+    a file that was never opened."""
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    (tmp_path / "pyproject.toml").write_text("")
+    settings = {**server_settings(forced_lines), "contextMaxChunks": 7, "contextExclude": ["xdg_*/"]}
+    result = run_scenario("context", tmp_path, server_cmd(), settings, content=CALLER.encode())
+    assert result["indexed"], result.get("project")
+    assert result["settings"]["contextMaxChunks"] == 7 and result["settings"]["contextExclude"] == ["xdg_*/"]
+    assert result["project"]["roots"] == [str(tmp_path)]
+    assert result["ghost_shown"], result.get("status")
+    shown = json.loads("\n".join(result["prompt_lines"]))
+    assert shown["uri"] == (tmp_path / "sample.py").as_uri()
+    assert any(c["path"] == "helpers.py" and c["source"] == "definition" for c in shown["context"]), shown
+    assert "<|file_sep|>helpers.py\n" in shown["qwen"] and "HELPERS_MARKER" in shown["qwen"]
+    assert_no_lua_errors(result)

@@ -6,6 +6,7 @@ most `max_files` files, `max_read_bytes` read in all and `max_memory_bytes` of d
 a bound it stops growing and says which bound it hit. It reads only what `Privacy` allows."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Callable, Iterator
 
 from .definitions import Definition, find_definitions, language_of
 from .privacy import Privacy
+
+log = logging.getLogger("fim_lsp.context")
 
 # Folders of generated or installed code: never the user's own, and often huge, ignored or not.
 SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", ".venv", "venv", ".tox", ".nox", ".mypy_cache",
@@ -110,7 +113,11 @@ class DefinitionIndex:
             if self._stop.is_set():
                 stopped = stopped or "closed"
                 break
-            why = self._add(path, from_build=True)
+            try:
+                why = self._add(path, from_build=True)
+            except Exception:  # noqa: BLE001 - one file that cannot be indexed must not end the build
+                log.debug("index: skipped %s", path, exc_info=True)
+                why = None
             if why is not None:
                 stopped = why
                 break
@@ -164,14 +171,19 @@ class DefinitionIndex:
             self._drop(path)
 
     def _drop(self, path: Path) -> None:
-        """Under the lock."""
-        for item in self._by_path.pop(path, ()):
-            self._memory -= len(item.definition.text) + ENTRY_OVERHEAD
-            same = self._by_name.get(item.definition.name)
+        """Under the lock. The file's own entries are told apart by identity: a name such as `__init__`
+        or `run` has thousands of entries in a large workspace, and comparing each one's Path made every
+        save of a file that defines it cost milliseconds per definition."""
+        items = self._by_path.pop(path, ())
+        mine = {id(item) for item in items}
+        for name in {item.definition.name for item in items}:
+            same = self._by_name.get(name)
             if same is not None:
-                same[:] = [d for d in same if d.path != path]
+                same[:] = [d for d in same if id(d) not in mine]
                 if not same:
-                    del self._by_name[item.definition.name]
+                    del self._by_name[name]
+        for item in items:
+            self._memory -= len(item.definition.text) + ENTRY_OVERHEAD
 
     def _add(self, path: Path, from_build: bool) -> str | None:
         """Index one file. Returns the bound that stops the build, or None."""

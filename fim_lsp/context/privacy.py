@@ -98,9 +98,14 @@ class Privacy:
     def _locate(self, path: Path | str) -> Place | None:
         """The path's place, judged on the resolved path (where its bytes really are) and, when it is
         a symlink inside a workspace folder, on the link's own name too (a link named .env is a
-        secret wherever it points). None when the resolved path leaves every workspace folder."""
-        lexical = Path(os.path.abspath(Path(path).expanduser()))
-        real = lexical.resolve()
+        secret wherever it points). None when the resolved path leaves every workspace folder, or
+        when it cannot be resolved at all (a symlink loop, a NUL byte in a document's URI): one such
+        file in a workspace must not stop the index or fail every request that meets it."""
+        try:
+            lexical = Path(os.path.abspath(Path(path).expanduser()))
+            real = lexical.resolve()
+        except (OSError, ValueError, RuntimeError):
+            return None
         for root, resolved in zip(self.roots, self._resolved):
             if real == resolved or resolved in real.parents:
                 rel = real.relative_to(resolved).as_posix()

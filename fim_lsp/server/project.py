@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from ..context import ContextGatherer, ContextSettings, Cursor, DefinitionIndex, EditTracker, IndexProgress, Privacy
 from ..engine.requests import ProjectContext
+from .file_events import FileEvents
 
 log = logging.getLogger("fim_lsp.server")
 OnIndexProgress = Callable[[IndexProgress], None]
@@ -33,6 +34,7 @@ class Project:
         self._lock = threading.Lock()  # rebuilds (event loop) against gathers (a thread of their own)
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._files = FileEvents(self._apply_change)  # saves and watched files, off the event loop
         self._build()
 
     def _build(self) -> None:
@@ -94,7 +96,12 @@ class Project:
         self.gatherer.forget(path)
 
     def changed_on_disk(self, path: Path, deleted: bool = False) -> None:
-        """Saved, created, changed or deleted (didSave, watched files): the index follows."""
+        """Saved, created, changed or deleted (didSave, watched files): the index follows, on the
+        file-events thread (this returns at once)."""
+        self._files.put(Path(path), deleted)
+
+    def _apply_change(self, path: Path, deleted: bool) -> None:
+        """On the file-events thread."""
         self.gatherer.forget(path)
         index = self.index
         if index is None:
@@ -154,9 +161,10 @@ class Project:
         return {"roots": [str(r) for r in self.roots], "indexFiles": index.files() if index else 0,
                 "indexBytes": index.memory_bytes() if index else 0,
                 "indexProgress": dataclasses.asdict(progress) if progress is not None else None,
-                "editedRanges": len(self.edits.recent())}
+                "editedRanges": len(self.edits.recent()), "pendingFileEvents": self._files.pending()}
 
     def close(self) -> None:
+        self._files.close()
         if self._thread is not None:
             self._jobs.put(None)
         if self.index is not None:

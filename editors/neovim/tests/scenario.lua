@@ -1,6 +1,6 @@
 -- Drives a headless Neovim through one scenario and writes what it saw to a JSON file.
 -- Run: FIM_TEST=... FIM_OUT=out.json nvim --headless -u NONE -i NONE -S scenario.lua
--- Env: FIM_TEST (ghost|fail|health|crlf|cycle|restart|loadfail), FIM_OUT, FIM_CMD (JSON list),
+-- Env: FIM_TEST (ghost|fail|health|crlf|cycle|restart|loadfail|context), FIM_OUT, FIM_CMD (JSON list),
 --      FIM_ARGS (JSON list, setup's `args`), FIM_SETTINGS (JSON), FIM_FILE (a .py file to edit),
 --      FIM_PLUGIN (the editors/neovim directory).
 -- Keys go through nvim_input, so they are handled by the main loop like real typing.
@@ -122,9 +122,9 @@ local function type_and_wait_for_ghost()
   end, 60000)
 end
 
-local function show_candidates(c)
+local function execute(c, command)
   local done, shown = false, nil
-  require("fim_lsp.util").request(c, "workspace/executeCommand", { command = "fimLsp.showCandidates", arguments = {} }, function(_, res)
+  require("fim_lsp.util").request(c, "workspace/executeCommand", { command = command, arguments = {} }, function(_, res)
     shown = res
     done = true
   end, 0)
@@ -132,6 +132,10 @@ local function show_candidates(c)
     return done
   end, 10000)
   return shown
+end
+
+local function show_candidates(c)
+  return execute(c, "fimLsp.showCandidates")
 end
 
 function scenarios.ghost()
@@ -275,6 +279,36 @@ function scenarios.restart()
   end, now)
   out.children = #vim.api.nvim_get_proc_children(vim.fn.getpid())
   out.ghost_shown = type_and_wait_for_ghost()
+end
+
+-- Project context: the settings given to setup() reach the server, the workspace (the buffer's root)
+-- is indexed, and :FimShowPrompt shows what the completion's models were given.
+function scenarios.context()
+  local c = open_and_wait_ready()
+  if not c then
+    return
+  end
+  local stats
+  out.indexed = false
+  local deadline = vim.uv.now() + 60000
+  while not out.indexed and vim.uv.now() < deadline do
+    stats = execute(c, "fimLsp.stats")
+    local p = stats and stats.project and stats.project.indexProgress
+    out.indexed = type(p) == "table" and p.finished == true
+    if not out.indexed then
+      sleep(100)
+    end
+  end
+  out.settings = stats and stats.settings
+  out.project = stats and stats.project
+  out.ghost_shown = type_and_wait_for_ghost()
+  vim.api.nvim_input("<Esc>")
+  sleep(50)
+  vim.cmd("FimShowPrompt")
+  wait_for(function()
+    return vim.bo.filetype == "json"
+  end, 10000)
+  out.prompt_lines = vim.api.nvim_buf_get_lines(0, 0, -1, false)
 end
 
 -- A load that fails: how often it is said, and how long "loading" lasted.

@@ -97,6 +97,16 @@ describe("against the real server", { skip, timeout: 120_000 }, () => {
     }
     assert.ok(picks.some((p) => p.label.includes("$(star-full)") && p.model === shown.winner));
 
+    // What "fim-lsp: Show prompt" opens: the text of the tokens each model was given.
+    const prompt = (await conn.sendRequest("workspace/executeCommand", {
+      command: "fimLsp.showPrompt",
+      arguments: [],
+    })) as { uri: string; qwen: string | null; dllm: string | null; context: unknown[] };
+    assert.equal(prompt.uri, uri);
+    assert.ok(prompt.qwen?.includes(`<|fim_prefix|>${text}<|fim_suffix|>`), String(prompt.qwen));
+    assert.ok(prompt.dllm?.startsWith(text), String(prompt.dllm));
+    assert.deepEqual(prompt.context, []); // no workspace folder: the local window alone
+
     assert.deepEqual(errors, [], "server rejected a mapped setting");
     const last = statuses.at(-1);
     assert.ok(last, "no fimLsp/status notification");
