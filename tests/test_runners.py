@@ -141,3 +141,31 @@ def test_a_prompt_pass_that_fails_leaves_nothing_kept_past_its_common_prefix(tal
     assert state.reused == common  # not len(first) - 1: the slots after the common prefix were rewritten
     want, _ = QwenRunner(talkative).generate([first], PARAMS)
     assert again[0].token_ids == want[0].token_ids
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["eager", "static"])
+def test_end_logprob_after_a_generation_equals_the_scoring_pass(talkative, static):
+    """A middle cut by its budget never asked for the end token: one decode step on the keys the
+    generation left gives log P(<|endoftext|>) as the scoring pass over its tokens does, for a row of a
+    batch with rows of other lengths, and for a shorter run of the row's tokens; temperature 0 and not."""
+    for params in (PARAMS, ArParams(temperature=0.6, top_p=0.95, max_new_tokens=6)):
+        runner = QwenRunner(talkative, static=static)
+        prompts = [fim_ids(talkative.tokenizer, "x = ", "\n"), typing(talkative)[2]]
+        gens, state = runner.generate(prompts, params, torch.Generator().manual_seed(0))
+        assert [len(g.token_ids) for g in gens] == [6, 6] and gens[1].end_logprob is None
+        items = [(1, gens[1].token_ids), (0, gens[0].token_ids[:3]), (0, [])]
+        eos = runner.eos
+        with torch.inference_mode():  # transformers' full pass over the prompt and the tokens
+            want = [float(talkative.model(torch.tensor([prompts[row] + ids])).logits[0, -1].float()
+                          .log_softmax(-1)[eos]) for row, ids in items]
+        assert runner.end_logprobs(state, items, params) == pytest.approx(want, abs=1e-5)
+
+
+def test_end_logprob_refuses_a_cache_that_moved_on(talkative):
+    runner = QwenRunner(talkative)
+    gens, state = runner.generate([typing(talkative)[0]], PARAMS)
+    with pytest.raises(ValueError, match="not what the row decoded"):
+        runner.end_logprobs(state, [(0, [gens[0].token_ids[0] + 1, *gens[0].token_ids[1:]])], PARAMS)
+    runner.prefill([typing(talkative)[1]])
+    with pytest.raises(ValueError, match="last generation"):
+        runner.end_logprobs(state, [(0, gens[0].token_ids)], PARAMS)

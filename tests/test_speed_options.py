@@ -106,3 +106,31 @@ def test_editor_profile(tiny_models):
     out = tiny_engine(tiny_models, profile="editor", steps=64).complete(PREFIX, SUFFIX, dllm_length=16)
     dllm = [c for c in out.candidates if c.model == "dllm"]
     assert dllm and all(c.forward_passes <= 4 for c in dllm)  # ceil(16 * 0.25)
+
+
+def test_a_lone_candidate_is_scored_without_a_scoring_pass(forced_lines, monkeypatch):
+    """Qwen alone, writing "x=1\nx=1..." (a forced checkpoint whose tokens re-encode to themselves), its
+    middles cut by the budget (8 tokens) and by the single-line newline: the perplexity comes from the
+    generation's own log-probs and one decode step for the end token, with no scoring pass, and equals the
+    full scoring pass's (scoreReuse off) to 1e-5."""
+    from fim_lsp.engine import ensemble, qwen_runner
+
+    reqs = [FimRequest(PREFIX, SUFFIX), FimRequest("x = ", "\n", single_line=True)]
+    passes: list[int] = []
+    score, full = qwen_runner.QwenRunner.score, ensemble.score_batch
+    monkeypatch.setattr(qwen_runner.QwenRunner, "score",
+                        lambda self, prompt, items: passes.append(len(items)) or score(self, prompt, items))
+    monkeypatch.setattr(ensemble, "score_batch", lambda lm, items, mode: passes.append(len(items)) or full(lm, items, mode))
+    out = {}
+    for reuse in (True, False):
+        passes.clear()
+        out[reuse] = tiny_engine(forced_lines, models="qwen", score_reuse=reuse).complete_batch(reqs)
+        assert sum(passes) == (0 if reuse else len(reqs))  # the full pass scores both when asked to
+    texts = [[c.text for c in comp.candidates] for comp in out[True]]
+    assert texts == [["x=1\nx=1\n"], ["x=1\n"]]
+    for lone, scored in zip(out[True], out[False]):
+        (a,), (b,) = lone.candidates, scored.candidates
+        assert a.text == b.text and a.tokens == b.tokens
+        assert a.token_logprobs[-1] < -10  # the end token is unlikely there: a shortcut that dropped it shows
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+        assert math.isclose(a.perplexity, b.perplexity, rel_tol=1e-5)

@@ -513,18 +513,29 @@ class Engine:
         # On Qwen's cached prompt: its own middle is already scored by its generation log-probs
         # when those tokens are what the scorer would encode; the rest cost a pass over their tokens.
         out: list[list[Score | None]] = [[None] * len(gs) for gs in gens]
-        todo = []
+        todo, ends = [], []  # ends: Qwen's own middles that lack only the end token's log-prob
         for i, gs in enumerate(gens):
             for j, g in enumerate(gs):
                 if (i, j) in known:
                     out[i][j] = known[(i, j)]
                     continue
-                own = (g.model == "qwen" and g.end_logprob is not None
-                       and encode(self.scorer.tokenizer, g.text) == g.token_ids)
-                if own:
+                own = g.model == "qwen" and encode(self.scorer.tokenizer, g.text) == g.token_ids
+                if own and g.end_logprob is not None:
                     out[i][j] = score_from_logprobs([*g.logprobs, g.end_logprob])
+                elif own:  # cut by its budget or a newline: log P(end) is one step past its last token
+                    ends.append((i, j))
                 else:
                     todo.append((i, j, g.text))
+        if ends and not todo:
+            # nothing else needs a pass (Qwen alone, or the diffusion stage scored its own): the end
+            # token's log-prob from one decode step on the cache the generation left, instead of a
+            # scoring pass over the middle's tokens
+            end_lps = self.qwen.end_logprobs(prompt, [(i, gens[i][j].token_ids) for i, j in ends],
+                                             ArParams(cfg.temperature, cfg.top_p, cfg.top_k))
+            for (i, j), end_lp in zip(ends, end_lps):
+                out[i][j] = score_from_logprobs([*gens[i][j].logprobs, end_lp])
+        else:
+            todo += [(i, j, gens[i][j].text) for i, j in ends]  # they ride in the pass the others need
         with self.qwen.on_stream():
             scored = self.qwen.score(prompt, [(i, t) for i, _, t in todo])
         for (i, j, _), score in zip(todo, scored):

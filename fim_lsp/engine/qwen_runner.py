@@ -80,6 +80,7 @@ class QwenRunner:
         self.score_graphs = GraphSet(self.device, "qwen score", budget, capture)
         self.caches: dict[int, _RowCache] = {}
         self._caches_made = 0
+        self._last: PromptState | None = None  # the last generation's state while its keys are intact
 
     # -- ownership -------------------------------------------------------------------------------
     @property
@@ -183,6 +184,7 @@ class QwenRunner:
         (logp,) = self._run(self.prompt_graphs, ("prefill", rc.number, kv_len),
                             lambda: self._prefill_fn(rc.kv, kv_len), [ids, slots, last])
         rc.held = [list(p) for p in prompts]
+        self._last = None  # the rows' decoded keys, if any, are gone
         return PromptState(cache=rc.kv, lengths=lengths, first_logprobs=logp.clone(), computed=sum(new),
                            reused=sum(kept))
 
@@ -231,6 +233,7 @@ class QwenRunner:
         out_tok = torch.zeros((batch, most), dtype=torch.long, device=dev)
         out_lp = torch.zeros((batch, most), device=dev)
         kept = torch.zeros(batch, dtype=torch.long, device=dev)
+        fed = torch.zeros(batch, dtype=torch.long, device=dev)  # tokens each row fed (keys in the cache)
         end_lp = torch.full((batch,), float("nan"), device=dev)
         done = torch.zeros(batch, dtype=torch.bool, device=dev)
         seen_text = torch.zeros_like(done)
@@ -258,12 +261,15 @@ class QwenRunner:
                 prefill_seconds = time.perf_counter() - start
             if cancel is not None and cancel():
                 raise Cancelled()
+            fed += (~done).long()
             kv_len = rc.kv.length if self.static else max(prompt.lengths) + step + 1
             nxt, lp, eos_lp = self._run(self.decode_graphs, ("decode", rc.number, kv_len, *key),
                                         lambda: self._decode_fn(rc.kv, kv_len, params),
                                         [torch.where(done, self.pad, nxt), lengths + step, noise()])
             passes += 1
         counts, toks, lps, ends = kept.tolist(), out_tok.tolist(), out_lp.tolist(), end_lp.tolist()
+        prompt.decoded = [row[:n] for row, n in zip(toks, fed.tolist())]
+        self._last = prompt
         seconds = (time.perf_counter() - start) / batch
         gens = []
         for row in range(batch):
@@ -274,6 +280,59 @@ class QwenRunner:
                                    forward_passes=passes, seconds=seconds, logprobs=lps[row][: len(ids_row)],
                                    end_logprob=end, prefill_seconds=prefill_seconds or seconds * batch))
         return gens, prompt
+
+    # -- the end token after a generation --------------------------------------------------------
+    def end_logprobs(self, prompt: PromptState, items: list[tuple[int, list[int]]],
+                     params: ArParams) -> list[float]:
+        """log P(<|endoftext|> | row's prompt, tokens) for (row, tokens) pairs of the last generation,
+        where `tokens` begin with what the row decoded (its own candidate, cut by a budget or a newline,
+        so the loop never asked for the end token). The keys of all but the last token are still in the
+        cache, so this is one decode step (the decode loop's own pass: its graph or compiled function),
+        not a scoring pass over the tokens. With the tokens' own log-probs it gives the score `score`
+        would, up to float rounding. ValueError when the cache no longer holds them."""
+        if prompt is not self._last or prompt.decoded is None:
+            raise ValueError("end_logprobs needs the state of the runner's last generation")
+        out: dict[int, float] = {}
+        feed: dict[int, tuple[int, int]] = {}  # row -> (its last token, that token's slot)
+        for k, (row, tokens) in enumerate(items):
+            if not tokens:  # the end token right after the prompt
+                out[k] = float(prompt.first_logprobs[row, self.eos])
+                continue
+            done = prompt.decoded[row]
+            if len(tokens) - 1 > len(done) or tokens[:-1] != done[: len(tokens) - 1]:
+                raise ValueError(f"row {row}: the tokens are not what the row decoded")
+            at = prompt.lengths[row] + len(tokens) - 1
+            if feed.get(row, (tokens[-1], at)) != (tokens[-1], at):
+                raise ValueError(f"row {row}: two different last tokens asked for in one step")
+            feed[row] = (tokens[-1], at)
+        if feed:
+            with self.on_stream(), torch.inference_mode():
+                eos_lp = self._end_step(prompt, feed, params).tolist()
+            for k, (row, _) in enumerate(items):
+                if k not in out:
+                    out[k] = eos_lp[row]
+        return [out[k] for k in range(len(items))]
+
+    def _end_step(self, prompt: PromptState, feed: dict[int, tuple[int, int]], params: ArParams) -> torch.Tensor:
+        batch = len(prompt.lengths)
+        rc = self.caches[batch]
+        cap = rc.kv.length
+        # rows with no token feed padding at the last slot (scratch: past every prompt and its decode room)
+        tok = torch.full((batch,), self.pad, dtype=torch.long)
+        slot = torch.full((batch,), cap - 1, dtype=torch.long)
+        for row, (token, at) in feed.items():
+            tok[row], slot[row] = token, at
+        if params.temperature <= 0:
+            noise = torch.zeros((batch, 1))
+        else:  # the sampled token is thrown away: no draw from the caller's generator
+            noise = torch.full((batch, self.vocab), 0.5)
+        key = (params.temperature, params.top_p, params.top_k)
+        kv_len = cap if self.static else max(at for _, at in feed.values()) + 1
+        self._last = None  # padding overwrote what other rows held at the last slot
+        _, _, eos_lp = self._run(self.decode_graphs, ("decode", rc.number, kv_len, *key),
+                                 lambda: self._decode_fn(rc.kv, kv_len, params),
+                                 [tok.to(self.device), slot.to(self.device), noise.to(self.device)])
+        return eos_lp
 
     # -- scoring on a cached prompt ----------------------------------------------------------------
     def _score_fn(self, cache: KVCache, width: int, t: int):

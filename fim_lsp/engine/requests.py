@@ -137,3 +137,6 @@ class PromptState:
     first_logprobs: torch.Tensor  # [B, V] log P(first middle token | prompt), full vocabulary rows
     computed: int = 0  # prompt tokens the pass ran through the network (all rows)
     reused: int = 0  # prompt tokens whose keys were kept from the previous prompt of the same row
+    # set by the decode loop: per row, the tokens it fed after the prompt (their keys sit at slots
+    # lengths[b], lengths[b] + 1, ...) until the next pass of the runner rewrites the cache
+    decoded: list[list[int]] | None = None

@@ -54,6 +54,10 @@ class StaticQwen2:
         self.rope_scale = float(getattr(base.rotary_emb, "attention_scaling", 1.0))
         self.dtype = self.embed.weight.dtype
         self.device = self.embed.weight.device
+        # CPU: sdpa's flash kernel reads the grouped keys as they are (enable_gqa, torch >= 2.5), where
+        # repeating them copies every layer's keys and values 7x per pass (the whole 2,048-slot cache on
+        # the static path). CUDA: its fused kernels take no GQA with a mask, so the keys are repeated.
+        self.fused_gqa = self.device.type == "cpu" and self.kv_heads != self.heads
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         shape = (batch, self.kv_heads, length, self.head_dim)
@@ -84,8 +88,10 @@ class StaticQwen2:
         b, t = ids.shape
         x = self.embed(ids)
         cos, sin = self._rope(positions)
-        if write_at is not None and write_at.dim() == 2:  # per-row slots: a scatter along the slot axis
-            index = write_at[:, None, :, None].expand(b, self.kv_heads, t, self.head_dim)
+        if write_at is not None and write_at.dim() == 2:  # per-row slots: cache[b, :, write_at[b, j]] = key j
+            # index_put_, not scatter_: on CPU a bf16 scatter_ copies the whole cache tensor (twice) on
+            # every call, 10-30 ms per layer at 2,048 slots, where this writes the new keys alone
+            batch_rows = torch.arange(b, device=ids.device)[:, None]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -96,8 +102,8 @@ class StaticQwen2:
             k = k * cos + _rotate_half(k) * sin
             if cache is not None:
                 if write_at.dim() == 2:
-                    cache.keys[i].scatter_(2, index, k)
-                    cache.values[i].scatter_(2, index, v)
+                    cache.keys[i][batch_rows, :, write_at] = k.transpose(1, 2)
+                    cache.values[i][batch_rows, :, write_at] = v.transpose(1, 2)
                 else:
                     cache.keys[i].index_copy_(2, write_at, k)
                     cache.values[i].index_copy_(2, write_at, v)
@@ -108,10 +114,13 @@ class StaticQwen2:
                 held, batch_rows, width = prefix
                 k = torch.cat([held.keys[i][batch_rows, :, :width], k], dim=2)
                 v = torch.cat([held.values[i][batch_rows, :, :width], v], dim=2)
-            if self.kv_heads != self.heads:  # repeated, as transformers does with a mask: sdpa's fused
-                k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)  # kernels take no GQA with one
-                v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            if self.fused_gqa:
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            else:
+                if self.kv_heads != self.heads:  # repeated, as transformers does with a mask
+                    k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+                    v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         if rows is not None and rows.dim() == 2:
