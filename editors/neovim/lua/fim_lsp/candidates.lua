@@ -1,6 +1,5 @@
 -- :FimCandidates: every model's completion for the last request, with its perplexity,
 -- in a floating window (the server picks the lowest perplexity).
-local util = require("fim_lsp.util")
 
 local M = {}
 
@@ -63,12 +62,7 @@ end
 ---@param callback? fun(lines: string[]?, winid: integer?)
 function M.show(bufnr, callback)
   bufnr = bufnr or vim.api.nvim_get_current_buf()
-  local client = require("fim_lsp").client(bufnr)
-  if not client then
-    util.notify("no fim-lsp server is attached to this buffer", vim.log.levels.WARN)
-    return callback and callback(nil, nil)
-  end
-  util.server_command(client, "fimLsp.showCandidates", bufnr, function(result)
+  require("fim_lsp").server_command(bufnr, "fimLsp.showCandidates", function(result)
     if not result then
       return callback and callback(nil, nil)
     end

@@ -126,6 +126,20 @@ function M.client(bufnr)
   return vim.lsp.get_clients({ bufnr = bufnr or 0, name = M.name })[1]
 end
 
+--- One of the server's commands for the buffer's client; `on_result` gets the answer or nil (the user
+--- was told why).
+---@param bufnr integer
+---@param command string
+---@param on_result fun(result: table?)
+function M.server_command(bufnr, command, on_result)
+  local client = M.client(bufnr)
+  if not client then
+    util.notify("no fim-lsp server is attached to this buffer", vim.log.levels.WARN)
+    return on_result(nil)
+  end
+  util.server_command(client, command, bufnr, on_result)
+end
+
 --- Send the current settings (e.g. after toggling `enabled`).
 function M.push_settings()
   for _, client in ipairs(vim.lsp.get_clients({ name = M.name })) do

@@ -1,6 +1,5 @@
 -- :FimShowPrompt: what the models were given for the last completion (the server's fimLsp.showPrompt),
 -- as JSON in a scratch buffer in a new split: the decoded prompts and the project-context chunks.
-local util = require("fim_lsp.util")
 
 local M = {}
 
@@ -9,12 +8,7 @@ local M = {}
 ---@param callback? fun(result: table?, scratch: integer?)
 function M.show(bufnr, callback)
   bufnr = bufnr or vim.api.nvim_get_current_buf()
-  local client = require("fim_lsp").client(bufnr)
-  if not client then
-    util.notify("no fim-lsp server is attached to this buffer", vim.log.levels.WARN)
-    return callback and callback(nil, nil)
-  end
-  util.server_command(client, "fimLsp.showPrompt", bufnr, function(result)
+  require("fim_lsp").server_command(bufnr, "fimLsp.showPrompt", function(result)
     if not result then
       return callback and callback(nil, nil)
     end
