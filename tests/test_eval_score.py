@@ -81,6 +81,14 @@ def test_headline_counts_tasks_missing_and_duplicates(tasks: list, tmp_path: Pat
         [(tasks[0].task_id, 0), (tasks[0].task_id, 1), (tasks[1].task_id, 0)]
 
 
+def interruptible() -> None:
+    """In the child before exec: Ctrl-C handled as a terminal would deliver it, whatever signal state
+    the test process has picked up (an ignored or blocked SIGINT is inherited across exec, and Python
+    then never raises KeyboardInterrupt: the run would finish and exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 def _wait_for(out: Path, n: int, proc: subprocess.Popen, limit: float = 60) -> None:
     deadline = time.monotonic() + limit
     while len(results(out)) < n and proc.poll() is None and time.monotonic() < deadline:
@@ -96,7 +104,8 @@ def test_interrupt_and_kill_lose_nothing_and_a_rerun_resumes(tasks: list, tmp_pa
     preds = tmp_path / "slow.jsonl"
     preds.write_bytes(b"".join(line(t.task_id, "    import time; time.sleep(1)\n" + t.middle) for t in tasks[:n]))
     out = tmp_path / "out"
-    proc = subprocess.Popen(score(preds, out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(score(preds, out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     _wait_for(out, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
