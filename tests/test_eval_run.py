@@ -61,6 +61,14 @@ def test_canonical_passes_first_20_of_every_set(tmp_path: Path, capsys: pytest.C
     assert "exact match, first-line rule" in (tmp_path / "santacoder-fim" / "report.md").read_text()
 
 
+def interruptible() -> None:
+    """In the child before exec: SIGINT handled by Python whatever signal state the test process has
+    picked up (an ignored or blocked SIGINT is inherited across exec; the run would then finish and
+    exit 0 instead of 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 @needs_data
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     n = 120  # the two kills land at ~15 and ~30: most of the run is left, however loaded the machine
@@ -72,7 +80,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     jsonl = cut / "humaneval-single-line" / "results.jsonl"
     for sig in (signal.SIGINT, signal.SIGKILL):  # Ctrl-C, then a hard kill on the resumed run
         proc = subprocess.Popen(cli(cut, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True, preexec_fn=interruptible)
         start = len(results(jsonl)) if jsonl.exists() else 0
         deadline = time.monotonic() + 60
         while (not jsonl.exists() or len(results(jsonl)) < start + 15) and time.monotonic() < deadline:
