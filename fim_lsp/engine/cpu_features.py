@@ -24,6 +24,6 @@ def cpu_flags() -> frozenset[str]:
 def cpu_dtype_name(flags: frozenset[str]) -> str:
     """What `dtype auto` picks on a CPU with these flags: bf16 only with AMX-BF16 (amx_bf16). Measured
     (eval/BENCHMARKS.md, "CPU defaults"): on a Xeon with AMX, bf16's prompt pass took 356 ms where fp32's
-    took 745; on an EPYC with AVX-512 BF16 and no AMX, bf16 was 2.0x slower than fp32 (decode 964 vs
-    490 ms per token), so avx512_bf16 alone does not pay."""
+    took 745; on an EPYC with AVX-512 BF16 and no AMX, bf16 was 2.05x slower than fp32 on a busy machine
+    and 0.81-0.85x in later runs, so the exact fp32 is kept there until a quiet machine settles it."""
     return "bfloat16" if "amx_bf16" in flags else "float32"
