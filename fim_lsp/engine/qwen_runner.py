@@ -317,15 +317,24 @@ class QwenRunner:
             feed[row] = (tokens[-1], at)
         if feed:
             with self.on_stream(), torch.inference_mode():
-                eos_lp = self._end_step(prompt, feed, params).tolist()
+                eos_lp = self._step_at(self.caches[len(prompt.lengths)], feed, params).tolist()
             for k, (row, _) in enumerate(items):
                 if k not in out:
                     out[k] = eos_lp[row]
         return [out[k] for k in range(len(items))]
 
-    def _end_step(self, prompt: PromptState, feed: dict[int, tuple[int, int]], params: ArParams) -> torch.Tensor:
-        batch = len(prompt.lengths)
-        rc = self.caches[batch]
+    def warm_decode(self, params: ArParams, batch: int = 1) -> None:
+        """One decode step on scratch slots, so the static decode step (compiled on a CPU, captured on
+        CUDA) exists before the first request whatever the warm-up's generation wrote: on a CPU the
+        prompt pass is no graph, and a generation that stops at its first token runs no decode step."""
+        if self.static and batch in self.caches:
+            with self.on_stream(), torch.inference_mode():
+                self._step_at(self.caches[batch], {}, params)
+
+    def _step_at(self, rc: _RowCache, feed: dict[int, tuple[int, int]], params: ArParams) -> torch.Tensor:
+        """One decode step feeding row b's token at its slot (feed), padding at the last slot elsewhere;
+        log P(<|endoftext|>) per row."""
+        batch = len(rc.held)
         cap = rc.kv.length
         # rows with no token feed padding at the last slot (scratch: past every prompt and its decode room)
         tok = torch.full((batch,), self.pad, dtype=torch.long)
