@@ -81,5 +81,5 @@ def test_cpu_features_name_avx512_and_amx():
     xeon = "processor: 0\nflags\t\t: fpu avx2 fma f16c avx512f avx512bw avx512_bf16 amx_tile amx_bf16 amx_int8\n"
     epyc = "processor: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c\n"
     assert cpu_features(xeon) == "avx2 fma f16c avx512f avx512bw avx512_bf16 amx_tile amx_int8 amx_bf16; " \
-                                 "AVX-512: yes; AMX: yes"
-    assert cpu_features(epyc) == "avx2 fma f16c; AVX-512: no; AMX: no"
+                                 "AVX-512: yes; AMX: yes; dtype auto: bfloat16"
+    assert cpu_features(epyc) == "avx2 fma f16c; AVX-512: no; AMX: no; dtype auto: float32"

@@ -79,11 +79,17 @@ def test_a_capture_that_fails_during_a_request_falls_back_and_says_so(tiny_model
     engine = Engine(config(tiny_models))
     engine.load()
     assert engine.compiled and engine.graph_stats()["count"] > 0
-    # the requests' shapes were not met at warm-up (a 256-token context): each is captured when first met
+    # the requests' shapes were not met at warm-up (a 256-token context): each is captured when first met.
+    # On a CPU Qwen's only graph-set pass is its decode step, one shape (the whole cache), built at warm-up:
+    # dropped here so that it too is built again when first met
+    engine.qwen.drop_graphs()
     monkeypatch.setattr(GraphSet, "_build", raising(CaptureError("injected: the capture raised")))
     answers = engine.complete_batch(REQUESTS)
     same(answers, eager)
-    assert not engine.compiled and set(engine.fallbacks) == {"qwen", "dllm"}
+    # Qwen falls back only where a decode step ran (a tiny model may stop at its first token; its prompt
+    # and scoring passes take no graph set on a CPU)
+    assert not engine.diffusion.static and "dllm" in engine.fallbacks
+    assert set(engine.fallbacks) == {"dllm"} | ({"qwen"} if not engine.qwen.static else set())
     assert all(set(comp.notes) == set(engine.fallbacks.values()) for comp in answers)
     assert engine.graph_stats()["count"] == 0  # the dead graphs are freed
     same(engine.complete_batch(REQUESTS), eager)

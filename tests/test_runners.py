@@ -83,7 +83,8 @@ def test_each_row_keeps_its_own_prefix(talkative):
 
 def test_eager_passes_attend_only_over_the_slots_they_need(talkative, monkeypatch):
     """compile off: the prompt pass has no padded queries and attends over the prompt's slots; each
-    decode step over the slots written so far. The static mode attends over the whole cache."""
+    decode step over the slots written so far. The static mode on CPU: the prompt and scoring passes
+    the same (plain calls: padding would only add work), the compiled decode step over the whole cache."""
     seen: list[tuple[int, int]] = []
     sdpa = static_model.F.scaled_dot_product_attention
 
@@ -99,10 +100,17 @@ def test_eager_passes_attend_only_over_the_slots_they_need(talkative, monkeypatc
     assert passes[0] == (len(prompt), len(prompt))
     assert passes[1:] == [(1, len(prompt) + k + 1) for k in range(PARAMS.max_new_tokens - 1)]
     seen.clear()
-    runner = QwenRunner(talkative, static=True)
-    runner.generate([prompt], PARAMS, keep=False)
+    runner = QwenRunner(talkative, static=True, decode_compile="default")
+    _, state = runner.generate([prompt], PARAMS, keep=False)
+    assert seen[::layers][0] == (len(prompt), len(prompt))  # the compiled steps run past this spy
+    seen.clear()
+    runner.score(state, [(0, "x = 1")])
+    scored = len(encode(talkative.tokenizer, "x = 1")) + 1
+    assert seen[::layers] == [(scored, len(prompt) + scored)]
+    seen.clear()
+    QwenRunner(talkative, static=True).generate([prompt], PARAMS, keep=False)  # the decode step plain
     length = runner.caches[1].kv.length
-    assert {k for _, k in seen} == {length} and seen[0][0] % 64 == 0
+    assert seen[::layers][1:] == [(1, length)] * (PARAMS.max_new_tokens - 1)
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["eager", "static"])

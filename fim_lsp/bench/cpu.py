@@ -71,6 +71,8 @@ class Call:
     tokens: int
     prompt_tokens: int
     evaluated: int  # prompt tokens computed (the rest came from a cache)
+    dllm_s: float | None = None  # fim-lsp's ensemble: the diffusion stage's seconds
+    score_s: float | None = None  # fim-lsp: the scoring stage's seconds (after the generators)
 
 
 @dataclass
@@ -140,12 +142,19 @@ def fim_call(engine: Any, row: Row, prompts: Prompts, args: argparse.Namespace, 
     def request(prefix: str) -> FimRequest:
         return FimRequest(prefix, prompts.suffix, single_line=True, max_new_tokens=args.tokens)
 
+    # cold: nothing kept from the previous request (rows share an engine, and the typed rows' prompts
+    # share their beginning with the cold one), as llama.cpp's cold rows reset its cache; typed: the
+    # server's default, prefix reuse on
+    engine.reconfigure(engine.config.replace(prefix_reuse=row.typing != COLD))
     if row.typing == TYPED:
         engine.complete_batch([request(prompts.before)])  # the previous keystroke's request, untimed
     prefix, ids = (prompts.typed, prompts.ids_typed) if row.typing == TYPED else (prompts.prefix, prompts.ids)
     s = measure(engine, request(prefix), row.key, 0, i, args.context_tokens, args.tokens)
     return Call(row.key, i, s.total_seconds, s.qwen_prefill_s, s.qwen_decode_ms_per_token,
-                s.stages["qwen"].out_tokens if "qwen" in s.stages else 0, len(ids), len(ids))
+                s.stages["qwen"].out_tokens if "qwen" in s.stages else 0, len(ids),
+                s.prompt_tokens.get("computed", len(ids)),
+                s.stages["dllm"].seconds if "dllm" in s.stages else None,
+                s.stages["score"].seconds if "score" in s.stages else None)
 
 
 def summarize(calls: list[Call], rows: list[Row]) -> dict[str, dict[str, Any]]:
@@ -163,7 +172,8 @@ def summarize(calls: list[Call], rows: list[Row]) -> dict[str, dict[str, Any]]:
         out[r.key] = {"label": r.label, "calls": len(cs), "total_p50_s": p50("total_s"),
                       "prompt_p50_ms": (p50("prompt_s") or 0) * 1000 if p50("prompt_s") is not None else None,
                       "decode_ms_per_token_p50": p50("decode_ms_per_token"), "tokens": p50("tokens"),
-                      "prompt_tokens": cs[0].prompt_tokens, "evaluated": p50("evaluated")}
+                      "prompt_tokens": cs[0].prompt_tokens, "evaluated": p50("evaluated"),
+                      "dllm_p50_s": p50("dllm_s"), "score_p50_s": p50("score_s")}
     for r in rows:
         s = out.get(r.key)
         if s is None:
@@ -182,16 +192,19 @@ def _f(v: Any, fmt: str) -> str:
 def print_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace, out: Any = None) -> None:
     w = (out or sys.stdout).write
     w(f"\n{'row':<46}{'total p50':>10}{'prompt ms':>10}{'decode ms/tok':>14}{'tokens':>7}{'evaluated':>10}"
-      f"{'/llama q8':>10}{'/llama case':>12}{'/qwen':>7}\n")
+      f"{'/llama q8':>10}{'/llama case':>12}{'/qwen':>7}{'dllm s':>8}\n")
     for s in summary.values():
         w(f"{s['label']:<46}{_f(s['total_p50_s'], '.3f'):>9}s{_f(s['prompt_p50_ms'], '.0f'):>10}"
           f"{_f(s['decode_ms_per_token_p50'], '.1f'):>14}{_f(s['tokens'], '.0f'):>7}"
           f"{_f(s['evaluated'], '.0f'):>6}/{s['prompt_tokens']:<3}{_f(s['over_llama_q8_cold'], '.2f'):>10}"
-          f"{_f(s['over_llama_same_case'], '.2f'):>12}{_f(s['over_qwen_alone'], '.2f'):>7}\n")
+          f"{_f(s['over_llama_same_case'], '.2f'):>12}{_f(s['over_qwen_alone'], '.2f'):>7}"
+          f"{_f(s.get('dllm_p50_s'), '.2f'):>8}\n")
     w(f"  p50 over {args.calls} calls; prompt ms: to the first token (the prompt pass and one sampling); decode: "
       f"between tokens; evaluated/prompt: prompt tokens computed / sent (the rest from llama.cpp's cache);\n"
       f"  /llama q8: total over llama.cpp q8_0 cold; /llama case: over llama.cpp q8_0 in the same typing case; "
-      f"/qwen: the ensemble over Qwen alone in the same case\n")
+      f"/qwen: the ensemble over Qwen alone in the same case;\n"
+      f"  dllm s: the ensemble's diffusion stage (p50); fim-lsp's cold rows run with prefixReuse off (nothing kept), "
+      f"its typed rows with it on\n")
 
 
 def print_sampler(costs: list[Any], decode_ms: float | None, out: Any = None) -> None:

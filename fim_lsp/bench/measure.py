@@ -68,6 +68,8 @@ class Sample:
     qwen_prefill_s: float | None = None  # seconds of Qwen's prompt pass, when the engine reports it
     # seconds the overlapped diffusion stage spent scoring its own candidates (part of its stage's time)
     dllm_score_s: float | None = None
+    # Qwen's prompt tokens run through the network and kept from the previous request (prefix reuse)
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
 
     @property
     def qwen_decode_ms_per_token(self) -> float | None:
@@ -264,4 +266,5 @@ def measure(engine: Any, request: Any, variant: str, context: int, repeat: int, 
                   total_peak_mb=_mb(total_peak, base), abs_peak_mb=_mb(total_peak, 0), reported_passes=reported,
                   texts=texts, token_ids=token_ids, winner=comp.winner.model if comp.winner else None,
                   hooked=hooked, single_line=request.single_line, qwen_budget=request.max_new_tokens,
-                  qwen_prefill_s=comp.timings.get("qwen_prefill"), dllm_score_s=comp.timings.get("dllm_score"))
+                  qwen_prefill_s=comp.timings.get("qwen_prefill"), dllm_score_s=comp.timings.get("dllm_score"),
+                  prompt_tokens=dict(comp.prompt_tokens))

@@ -42,12 +42,14 @@ def cpu_features(cpuinfo: str | None = None) -> str:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return "unknown (no /proc/cpuinfo)"
-    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), "")
-    flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    from fim_lsp.engine.cpu_features import cpu_dtype_name, parse_flags
+
+    flags = parse_flags(cpuinfo)
     have = [f for f in FEATURES if f in flags]
     yes = {True: "yes", False: "no"}
     return (f"{' '.join(have) or 'none of ' + ' '.join(FEATURES[:3])}; "
-            f"AVX-512: {yes[any(f.startswith('avx512') for f in flags)]}; AMX: {yes[any(f.startswith('amx') for f in flags)]}")
+            f"AVX-512: {yes[any(f.startswith('avx512') for f in flags)]}; AMX: {yes[any(f.startswith('amx') for f in flags)]}; "
+            f"dtype auto: {cpu_dtype_name(flags)}")
 
 
 def machine() -> dict[str, Any]:

@@ -176,7 +176,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scorer-model", default=None, help="perplexity scorer (default: the --ar-model, shared)")
     g.add_argument("--models", choices=MODEL_CHOICES, default=d.models)
     g.add_argument("--device", default=d.device, help="auto (cuda, mps, cpu), or a torch device name")
-    g.add_argument("--dtype", default=d.dtype, help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    g.add_argument("--dtype", default=d.dtype, help="auto (bf16 on a GPU and on a CPU with AMX-BF16, else fp32), float32, bfloat16, float16")
     g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy / argmax")
     g.add_argument("--top-p", type=float, default=d.top_p)
     g.add_argument("--top-k", type=int, default=None)

@@ -213,6 +213,8 @@ class Engine:
                     # keep=False: the prompt pass runs at this size, not over what the last one left
                     self._complete_batch([FimRequest(prefix, suffix, single_line=single, max_new_tokens=2)],
                                          None, keep=False)
+                    if self.qwen is not None:  # the decode step too, even where Qwen stopped at once
+                        self.qwen.warm_decode(ArParams(self.config.temperature, self.config.top_p, self.config.top_k))
                 except torch.OutOfMemoryError:
                     if set(self.fallbacks) == fallen:  # outside the runners' graphs: all of them off
                         self._static_off("out of memory while warming up the static path (CUDA graphs) at "

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .cpu_features import cpu_dtype_name, cpu_flags
+
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -41,8 +43,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU; on a CPU bf16 only where it has AMX-BF16, else fp32 (cpu_features.py)."""
     if name == "auto":
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
+        if device.type == "cpu":
+            return DTYPES[cpu_dtype_name(cpu_flags())]
+        return torch.bfloat16
     try:
         return DTYPES[name]
     except KeyError:

@@ -10,8 +10,9 @@ hold: `prefill(..., keep=True)` runs only the tokens past that common prefix.
 
 Two modes run the same functions (so both paths share one cache layout, one prompt pass with reuse and
 one scorer):
-- static (compile on): shapes padded to buckets, every pass replayed as a CUDA graph (the decode step
-  torch.compile'd on CPU), attending over the whole cache;
+- static (compile on): on CUDA shapes padded to buckets, every pass replayed as a CUDA graph,
+  attending over the whole cache; on CPU the decode step torch.compile'd over the whole cache, the
+  prompt and scoring passes plain at exact shapes (as eager: see `padded`);
 - eager (compile off, or after a fallback): exact shapes, plain calls, attending only over the slots
   the pass needs. transformers' own forward is not on either path; it is the reference the runner is
   checked against (tests/test_static_path.py, `python -m fim_lsp.selfcheck`).
@@ -106,10 +107,19 @@ class QwenRunner:
         if self.on_fallback is not None:
             self.on_fallback(reason)
 
-    def _run(self, graphs: GraphSet, key: tuple, make: Callable, inputs: list[torch.Tensor]) -> tuple:
-        """One pass: replayed in static mode, plain otherwise. A capture that fails turns the static
-        mode off and runs the pass plainly; out of memory turns it off and is raised to the engine."""
-        if not self.static:
+    @property
+    def padded(self) -> bool:
+        """The prompt and scoring passes take bucketed shapes and attend over the whole cache: only where
+        they replay as CUDA graphs (one per shape). On CPU they run plain in either mode, so padding would
+        only add work (a 259-token prompt padded to 320, attending over 2,048 slots): they take exact
+        shapes, and only the compiled decode step keeps one static shape (the whole cache)."""
+        return self.static and self.cuda
+
+    def _run(self, graphs: GraphSet | None, key: tuple, make: Callable, inputs: list[torch.Tensor]) -> tuple:
+        """One pass: replayed in static mode, plain otherwise (and where `graphs` is None). A capture
+        that fails turns the static mode off and runs the pass plainly; out of memory turns it off and
+        is raised to the engine."""
+        if not self.static or graphs is None:
             return make()(*inputs)
         try:
             return graphs.run(key, make, inputs)
@@ -167,7 +177,7 @@ class QwenRunner:
         new = [n - k for n, k in zip(lengths, kept)]
         width = max(new)
         cap = rc.kv.length
-        if self.static:
+        if self.padded:
             width = min(bucket(width, WIDTH_STEP), cap)
         ids = torch.full((batch, width), self.pad, dtype=torch.long)
         slots = torch.empty((batch, width), dtype=torch.long)
@@ -177,11 +187,11 @@ class QwenRunner:
             slots[b] = torch.arange(k, k + width).clamp(max=cap - 1)
         last = torch.tensor([n - 1 for n in new])
         ids, slots, last = ids.to(self.device), slots.to(self.device), last.to(self.device)
-        kv_len = cap if self.static else max(lengths)
+        kv_len = cap if self.padded else max(lengths)
         # until the pass has run, a row holds only its kept prefix: a pass that fails half-way (out of
         # memory, cancelled) must not leave the next request keeping keys it never finished writing
         rc.held = [list(p[:k]) for p, k in zip(prompts, kept)]
-        (logp,) = self._run(self.prompt_graphs, ("prefill", rc.number, kv_len),
+        (logp,) = self._run(self.prompt_graphs if self.padded else None, ("prefill", rc.number, kv_len),
                             lambda: self._prefill_fn(rc.kv, kv_len), [ids, slots, last])
         rc.held = [list(p) for p in prompts]
         self._last = None  # the rows' decoded keys, if any, are gone
@@ -307,15 +317,24 @@ class QwenRunner:
             feed[row] = (tokens[-1], at)
         if feed:
             with self.on_stream(), torch.inference_mode():
-                eos_lp = self._end_step(prompt, feed, params).tolist()
+                eos_lp = self._step_at(self.caches[len(prompt.lengths)], feed, params).tolist()
             for k, (row, _) in enumerate(items):
                 if k not in out:
                     out[k] = eos_lp[row]
         return [out[k] for k in range(len(items))]
 
-    def _end_step(self, prompt: PromptState, feed: dict[int, tuple[int, int]], params: ArParams) -> torch.Tensor:
-        batch = len(prompt.lengths)
-        rc = self.caches[batch]
+    def warm_decode(self, params: ArParams, batch: int = 1) -> None:
+        """One decode step on scratch slots, so the static decode step (compiled on a CPU, captured on
+        CUDA) exists before the first request whatever the warm-up's generation wrote: on a CPU the
+        prompt pass is no graph, and a generation that stops at its first token runs no decode step."""
+        if self.static and batch in self.caches:
+            with self.on_stream(), torch.inference_mode():
+                self._step_at(self.caches[batch], {}, params)
+
+    def _step_at(self, rc: _RowCache, feed: dict[int, tuple[int, int]], params: ArParams) -> torch.Tensor:
+        """One decode step feeding row b's token at its slot (feed), padding at the last slot elsewhere;
+        log P(<|endoftext|>) per row."""
+        batch = len(rc.held)
         cap = rc.kv.length
         # rows with no token feed padding at the last slot (scratch: past every prompt and its decode room)
         tok = torch.full((batch,), self.pad, dtype=torch.long)
@@ -363,7 +382,7 @@ class QwenRunner:
         rows = [r for r, _ in items]
         n, t = len(conts), max(len(c) for c in conts)
         width = max(prompt.lengths[r] for r in rows)
-        if self.static:
+        if self.padded:
             width, t = min(bucket(width, WIDTH_STEP), prompt.cache.length), bucket(t, SCORE_STEP)
         x = torch.full((n, t), self.eos, dtype=torch.long)
         targets = torch.full((n, t), self.eos, dtype=torch.long)  # the token each position predicts
@@ -374,7 +393,7 @@ class QwenRunner:
         lengths = torch.tensor([prompt.lengths[r] for r in rows], device=dev)
         number = next((rc.number for rc in self.caches.values() if rc.kv is prompt.cache), -1)
         with self._device(), torch.inference_mode():
-            (logp,) = self._run(self.score_graphs, ("score", number, width),
+            (logp,) = self._run(self.score_graphs if self.padded else None, ("score", number, width),
                                 lambda: self._score_fn(prompt.cache, width, t),
                                 [x.to(dev), targets.to(dev), row_t, lengths])
             logp = logp.tolist()
