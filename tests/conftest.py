@@ -22,6 +22,17 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _dtype_auto_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process `dtype auto` resolves as on a CPU without native bf16 (fp32), so the suite's
+    numbers do not depend on the flags of the machine it runs on (bf16 where it has AVX-512 BF16 or
+    AMX). test_cpu_defaults checks the rule itself, with flags of its own; servers in subprocesses keep
+    the machine's."""
+    from fim_lsp.engine import loading
+
+    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset())
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTDIR with ar/ and dllm/, written by `python -m fim_lsp.tiny` code."""
@@ -45,3 +56,12 @@ def forced_lines(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from forced import write_forced_pair
 
     return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-lines"), rule="lines")
+
+
+@pytest.fixture(scope="session")
+def forced_lines_wide(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """forced_lines with a 64-wide hidden state, which the int8 decode step quantizes (forced_lines' is
+    too narrow for its kernel, so its decode step stays exact)."""
+    from forced import write_forced_pair
+
+    return write_forced_pair(tiny_models, tmp_path_factory.mktemp("forced-lines-wide"), rule="lines", width=64)

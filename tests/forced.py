@@ -27,16 +27,17 @@ def token(tokenizer, text: str) -> int:
     return ids[0]
 
 
-def bigram_model(tokenizer, table: dict[int, int], default: int, uniform: tuple[int, ...] = ()):
+def bigram_model(tokenizer, table: dict[int, int], default: int, uniform: tuple[int, ...] = (), width: int = 8):
     """A Qwen2ForCausalLM in which token a predicts table[a] (else `default`), and `uniform` tokens
-    predict every token equally."""
+    predict every token equally; its hidden size at least `width` (the int8 decode kernel takes widths
+    that are multiples of 16 only)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     vocab = len(tokenizer)
     rows = (vocab + 63) // 64 * 64 + 64  # padded past the tokenizer, as the real checkpoints
     hidden = 1 + len(table)
     hidden += -hidden % 4  # a multiple of the head count
-    cfg = Qwen2Config(vocab_size=rows, hidden_size=max(hidden, 8), intermediate_size=8, num_hidden_layers=1,
+    cfg = Qwen2Config(vocab_size=rows, hidden_size=max(hidden, width), intermediate_size=8, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                       max_position_embeddings=4096, rms_norm_eps=1e-6)
     model = Qwen2ForCausalLM(cfg).eval()
@@ -66,7 +67,7 @@ def forced_lm(tokenizer, table: dict[int, int], default: int, uniform: tuple[int
                        device=torch.device("cpu"), dtype=torch.float32)
 
 
-def write_forced_pair(tiny: Path, out: Path, rule: str = "lines") -> Path:
+def write_forced_pair(tiny: Path, out: Path, rule: str = "lines", width: int = 8) -> Path:
     """OUT/ar and OUT/dllm with the tiny checkpoints' tokenizers and forced weights; the diffusion
     mask predicts nothing in particular.
     - "lines": the cycle "x", "=", "1", newline (any other token is followed by "x"); both models
@@ -80,7 +81,7 @@ def write_forced_pair(tiny: Path, out: Path, rule: str = "lines") -> Path:
         x, eq, one, nl = (token(tok, c) for c in "x=1\n")
         table, default = ({x: eq, eq: one, one: nl}, x) if rule == "lines" else ({}, eos)
         uniform = (tok.convert_tokens_to_ids(tok.mask_token),) if role == "dllm" else ()
-        model = bigram_model(tok, table, default, uniform)
+        model = bigram_model(tok, table, default, uniform, width)
         model.config.eos_token_id = model.config.pad_token_id = eos
         model.save_pretrained(out / role)
         tok.save_pretrained(out / role)

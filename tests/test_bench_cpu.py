@@ -61,7 +61,7 @@ def test_without_the_extra_the_rows_say_how_to_install(tiny_models: Path, shared
     assert "pip install -e '.[llamacpp]'" in proc.stderr
     doc = json.loads(out.read_text())
     assert [r["key"] for r in doc["rows"]] == ["qwen-fp32"] and "pip install" in doc["meta"]["llama_cpp"]
-    assert "fim-lsp qwen, fp32 (default)" in proc.stdout and "llama.cpp q8_0, cold" not in proc.stdout
+    assert "fim-lsp qwen, fp32, int8 decode" in proc.stdout and "llama.cpp q8_0, cold" not in proc.stdout
 
 
 def test_ratios_are_taken_within_the_run():
@@ -69,12 +69,14 @@ def test_ratios_are_taken_within_the_run():
         return Call(row, 0, total, 0.1, 10.0, 8, 259, 259)
 
     calls = [call("llama-q8", 2.0), call("llama-q8", 4.0), call("llama-q8-typed", 1.0), call("qwen-fp32", 4.5),
-             call("qwen-fp32-typed", 3.0), call("ensemble-fp32", 9.0), call("ensemble-fp32-typed", 6.0)]
+             call("qwen-fp32-typed", 3.0), call("ensemble-fp32", 9.0), call("ensemble-fp32-typed", 6.0),
+             call("qwen-bf16", 1.0), call("ensemble-bf16", 3.0)]
     s = summarize(calls, ROWS)
     assert s["llama-q8"]["total_p50_s"] == 3.0 and "llama-f32" not in s
     assert s["qwen-fp32"]["over_llama_q8_cold"] == 1.5
     assert s["qwen-fp32-typed"]["over_llama_same_case"] == 3.0 and s["qwen-fp32-typed"]["over_qwen_alone"] is None
     assert s["ensemble-fp32"]["over_qwen_alone"] == 2.0 and s["ensemble-fp32-typed"]["over_qwen_alone"] == 2.0
+    assert s["ensemble-bf16"]["over_qwen_alone"] == 3.0  # over the Qwen row of its own weights
 
 
 def test_cpu_features_name_avx512_and_amx():

@@ -1,5 +1,5 @@
-"""The CPU defaults (issue 20): `dtype auto` picks bf16 only on a CPU with AMX-BF16 (measured: without
-AMX, AVX-512 BF16 included, bf16 was 2x slower than fp32); compile auto stays off on a CPU. Where bf16
+"""The CPU defaults (issue 20): `dtype auto` picks bf16 on a CPU that multiplies bf16 natively (AVX-512
+BF16 or AMX-BF16), else fp32 (measured: eval/BENCHMARKS.md); compile auto stays off on a CPU. Where bf16
 becomes the default its greedy tokens must be fp32's: checked at temperature 0 on a checkpoint whose
 output is forced (tests/forced.py), so the check never rests on what a random model writes; the
 difference on random real-shape weights is measured by python -m fim_lsp.bench.dtype_agreement."""
@@ -19,9 +19,9 @@ EPYC = "processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512bw avx512_vnni avx
 LAPTOP = "processor\t: 0\nflags\t\t: fpu avx2 fma f16c\n"
 
 
-@pytest.mark.parametrize("cpuinfo, want", [(XEON, torch.bfloat16), (EPYC, torch.float32), (LAPTOP, torch.float32),
+@pytest.mark.parametrize("cpuinfo, want", [(XEON, torch.bfloat16), (EPYC, torch.bfloat16), (LAPTOP, torch.float32),
                                            ("", torch.float32)], ids=["amx", "avx512-bf16", "avx2", "unknown"])
-def test_dtype_auto_on_a_cpu_is_bf16_only_with_amx(monkeypatch, cpuinfo, want):
+def test_dtype_auto_on_a_cpu_is_bf16_where_it_multiplies_bf16(monkeypatch, cpuinfo, want):
     monkeypatch.setattr(loading, "cpu_flags", lambda: cpu_features.parse_flags(cpuinfo))
     assert loading.resolve_dtype("auto", torch.device("cpu")) == want
     assert loading.resolve_dtype("float32", torch.device("cpu")) == torch.float32  # asked for: kept

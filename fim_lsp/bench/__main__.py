@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU and on a CPU with AMX-BF16, else fp32), float32, bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU and on a CPU with AVX-512 BF16 or AMX-BF16, else fp32), float32, bfloat16")
     p.add_argument("--context-tokens", type=_ints,
                    help="comma-separated context lengths (default: 256,1024 when --variants names server, else 256)")
     p.add_argument("--hole-tokens", type=_ints, default=[16],

@@ -39,6 +39,7 @@ class Row:
     typing: str = COLD
     compile: str = "auto"
     models: str = "qwen"
+    decode_weights: str = "auto"  # fim-lsp: int8 on a CPU
 
 
 ROWS = [
@@ -46,19 +47,27 @@ ROWS = [
     Row("llama-f32", "llama.cpp f32, cold", "llama.cpp", "f32"),
     Row("llama-q8-last3", "llama.cpp q8_0, last 3 tokens new", "llama.cpp", "q8_0", LAST3),
     Row("llama-q8-typed", "llama.cpp q8_0, one character typed", "llama.cpp", "q8_0", TYPED),
-    Row("qwen-fp32", "fim-lsp qwen, fp32 (default)", "fim-lsp", "float32"),
+    Row("qwen-fp32", "fim-lsp qwen, fp32, int8 decode", "fim-lsp", "float32"),
+    Row("qwen-fp32-exact", "fim-lsp qwen, fp32, exact decode", "fim-lsp", "float32", decode_weights="exact"),
     Row("qwen-fp32-compile", "fim-lsp qwen, fp32 --compile on", "fim-lsp", "float32", compile="on"),
-    Row("qwen-bf16", "fim-lsp qwen, bf16", "fim-lsp", "bfloat16"),
+    Row("qwen-bf16", "fim-lsp qwen, bf16, int8 decode", "fim-lsp", "bfloat16"),
+    Row("qwen-bf16-exact", "fim-lsp qwen, bf16, exact decode", "fim-lsp", "bfloat16", decode_weights="exact"),
     Row("qwen-bf16-compile", "fim-lsp qwen, bf16 --compile on", "fim-lsp", "bfloat16", compile="on"),
     Row("qwen-fp32-typed", "fim-lsp qwen, fp32, one character typed", "fim-lsp", "float32", TYPED),
-    Row("ensemble-fp32", "fim-lsp ensemble, fp32 (server defaults)", "fim-lsp", "float32", models="both"),
+    Row("qwen-bf16-typed", "fim-lsp qwen, bf16, one character typed", "fim-lsp", "bfloat16", TYPED),
+    Row("ensemble-fp32", "fim-lsp ensemble, fp32, server defaults", "fim-lsp", "float32", models="both"),
     Row("ensemble-fp32-typed", "fim-lsp ensemble, fp32, one character typed", "fim-lsp", "float32", TYPED,
+        models="both"),
+    Row("ensemble-bf16", "fim-lsp ensemble, bf16, server defaults", "fim-lsp", "bfloat16", models="both"),
+    Row("ensemble-bf16-typed", "fim-lsp ensemble, bf16, one character typed", "fim-lsp", "bfloat16", TYPED,
         models="both"),
 ]
 BASELINE = "llama-q8"
-# the llama.cpp row of each typing case, and the Qwen-alone row an ensemble row is compared with
+# the llama.cpp row of each typing case, and the Qwen-alone row an ensemble row is compared with (same
+# typing case, same weights)
 LLAMA_CASE = {COLD: "llama-q8", LAST3: "llama-q8-last3", TYPED: "llama-q8-typed"}
-QWEN_CASE = {COLD: "qwen-fp32", TYPED: "qwen-fp32-typed"}
+QWEN_CASE = {(COLD, "float32"): "qwen-fp32", (TYPED, "float32"): "qwen-fp32-typed",
+             (COLD, "bfloat16"): "qwen-bf16", (TYPED, "bfloat16"): "qwen-bf16-typed"}
 
 
 @dataclass
@@ -179,7 +188,7 @@ def summarize(calls: list[Call], rows: list[Row]) -> dict[str, dict[str, Any]]:
         if s is None:
             continue
         for name, other in (("over_llama_q8_cold", BASELINE), ("over_llama_same_case", LLAMA_CASE.get(r.typing)),
-                            ("over_qwen_alone", QWEN_CASE.get(r.typing) if r.models == "both" else None)):
+                            ("over_qwen_alone", QWEN_CASE.get((r.typing, r.weights)) if r.models == "both" else None)):
             o = out.get(other) if other else None
             s[name] = s["total_p50_s"] / o["total_p50_s"] if o and o["total_p50_s"] else None
     return out
@@ -282,10 +291,11 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     for r in rows:
         if r.runner != "fim-lsp":
             continue
-        key = (r.models, r.weights, r.compile)
+        key = (r.models, r.weights, r.compile, r.decode_weights)
         if key not in engines:
             t = time.perf_counter()
-            engine = Engine(base.replace(models=r.models, dtype=r.weights, compile=r.compile))
+            engine = Engine(base.replace(models=r.models, dtype=r.weights, compile=r.compile,
+                                         decode_weights=r.decode_weights))
             engine.load()
             meta["load_seconds"][f"fim-lsp {'/'.join(key)}"] = time.perf_counter() - t
             print(f"loaded fim-lsp {'/'.join(key)} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -316,7 +326,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     print_table(summary, args)
 
     # the top-p cut: on the random checkpoint's own logits, and sharpened to a trained model's nucleus
-    engine = next((e for k, e in engines.items() if k == ("qwen", "float32", "auto")), None)
+    engine = next((e for k, e in engines.items() if k == ("qwen", "float32", "auto", "auto")), None)
     costs = []
     if engine is not None:
         with torch.inference_mode():

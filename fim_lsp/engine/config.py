@@ -14,6 +14,7 @@ ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy", "p2")
 MODEL_CHOICES = ("both", "qwen", "dllm")
 COMPILE_CHOICES = ("auto", "on", "off")
 SCORE_MODES = ("fim", "plain")
+DECODE_WEIGHTS = ("auto", "int8", "exact")
 
 
 @dataclass
@@ -65,6 +66,9 @@ class EngineConfig:
     # device memory the captured graphs may hold: "auto" (half the memory free once the weights are
     # loaded) or a number of MB; past it the least recently used graphs are evicted (CUDA only)
     graph_memory: str | int = "auto"
+    # Qwen's decode step on int8 copies of its weights (a quarter of fp32's bytes per token; the prompt
+    # and scoring passes stay exact): auto: int8 on a CPU, exact elsewhere (int8 runs on a CPU only)
+    decode_weights: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the bad key (camelCase, as the editor settings spell it)."""
@@ -128,6 +132,7 @@ ENGINE_RULES: dict[str, Rule] = {
     "overlap": Rule(CHOICE, choices=COMPILE_CHOICES),
     # MB; 10 TB is past any device's memory
     "graph_memory": Rule(INT, 0, 10_000_000, auto=True),
+    "decode_weights": Rule(CHOICE, choices=DECODE_WEIGHTS),
 }
 
 
@@ -154,6 +159,10 @@ def compile_enabled(config: EngineConfig, device_type: str) -> bool:
     return config.compile == "on" or (config.compile == "auto" and device_type == "cuda")
 
 
+def int8_decode_enabled(config: EngineConfig, device_type: str) -> bool:
+    return device_type == "cpu" and config.decode_weights in ("auto", "int8")
+
+
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
@@ -176,7 +185,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scorer-model", default=None, help="perplexity scorer (default: the --ar-model, shared)")
     g.add_argument("--models", choices=MODEL_CHOICES, default=d.models)
     g.add_argument("--device", default=d.device, help="auto (cuda, mps, cpu), or a torch device name")
-    g.add_argument("--dtype", default=d.dtype, help="auto (bf16 on a GPU and on a CPU with AMX-BF16, else fp32), float32, bfloat16, float16")
+    g.add_argument("--dtype", default=d.dtype, help="auto (bf16 on a GPU and on a CPU with AVX-512 BF16 or AMX-BF16, else fp32), float32, bfloat16, float16")
     g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy / argmax")
     g.add_argument("--top-p", type=float, default=d.top_p)
     g.add_argument("--top-k", type=int, default=None)
@@ -214,6 +223,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--graph-memory", type=_graph_memory, default=d.graph_memory,
                    help="device memory the CUDA graphs may hold: auto (half the memory free after the weights "
                         "load) or a number of MB; the least recently used graphs are evicted past it")
+    g.add_argument("--decode-weights", choices=DECODE_WEIGHTS, default=d.decode_weights,
+                   help="Qwen's decode step on int8 copies of its weights (CPU only; the prompt and scoring passes "
+                        "stay exact); auto: int8 on a CPU, exact elsewhere")
 
 
 def config_from_args(args: argparse.Namespace, base: EngineConfig | None = None) -> EngineConfig:

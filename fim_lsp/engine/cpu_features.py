@@ -21,9 +21,14 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+# Instructions that multiply bf16 natively (AVX-512 BF16's dot product, AMX's bf16 tiles). Without them
+# torch converts every bf16 operand to fp32 first, and bf16 only adds work.
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+
+
 def cpu_dtype_name(flags: frozenset[str]) -> str:
-    """What `dtype auto` picks on a CPU with these flags: bf16 only with AMX-BF16 (amx_bf16). Measured
-    (eval/BENCHMARKS.md, "CPU defaults"): on a Xeon with AMX, bf16's prompt pass took 356 ms where fp32's
-    took 745; on an EPYC with AVX-512 BF16 and no AMX, bf16 was 2.05x slower than fp32 on a busy machine
-    and 0.81-0.85x in later runs, so the exact fp32 is kept there until a quiet machine settles it."""
-    return "bfloat16" if "amx_bf16" in flags else "float32"
+    """What `dtype auto` picks on a CPU with these flags: bf16 where the CPU multiplies bf16 natively
+    (avx512_bf16 or amx_bf16), else fp32. Measured with the rows in turns (eval/BENCHMARKS.md, "CPU:
+    beside llama.cpp"): on an EPYC with AVX-512 BF16 and no AMX, bf16's prompt pass took 0.6x of fp32's
+    and the ensemble 0.5x; on a Xeon with AMX, bf16's prompt pass took 356 ms where fp32's took 745."""
+    return "bfloat16" if any(f in flags for f in NATIVE_BF16) else "float32"

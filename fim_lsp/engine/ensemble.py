@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import EngineConfig, compile_enabled, effective
+from .config import EngineConfig, compile_enabled, effective, int8_decode_enabled
 from .diffusion import DiffusionParams
 from .dllm_runner import DllmRunner, HoleRow
 from .graphs import GraphBudget, use_compile_cache
@@ -34,7 +34,8 @@ from .results import CancelCheck, Cancelled, Candidate, Completion, Generation, 
 from .scorer import ScoreItem, score_batch, score_from_logprobs
 
 log = logging.getLogger("fim_lsp.engine")
-MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token", "compile")
+MODEL_FIELDS = ("ar_model", "dllm_model", "scorer_model", "models", "device", "dtype", "mask_token", "compile",
+                "decode_weights")
 # Warm-up contexts (tokens) at load. CUDA: one per 64-token width bucket up to the server's budgets
 # (1024 prefix + 256 suffix tokens), each capture costing about three passes; CPU: one, to compile.
 WARMUP_TOKENS = {"cuda": tuple(range(61, 1280 + 64, 64)), "cpu": (256,)}
@@ -140,7 +141,7 @@ class Engine:
         if self.ar is not None:
             # CUDA: the decode step is captured as a graph; CPU has none, so it is compiled instead
             self.qwen = QwenRunner(self.ar, static, None if device.type == "cuda" else "default", self.budget,
-                                   self._on_fallback("qwen"))
+                                   self._on_fallback("qwen"), int8_decode_enabled(cfg, device.type))
         if self.dllm is not None:
             self.diffusion = DllmRunner(self.dllm, self.mask_id, static, self.budget, self._on_fallback("dllm"))
         if static:
@@ -514,6 +515,8 @@ class Engine:
             return [[next(scores) for _ in gs] for gs in gens]
         # On Qwen's cached prompt: its own middle is already scored by its generation log-probs
         # when those tokens are what the scorer would encode; the rest cost a pass over their tokens.
+        # Log-probs from an int8 decode step are near the exact ones, not equal: they may stand for a
+        # lone candidate (nothing to be compared with), never for one another candidate is ranked against.
         out: list[list[Score | None]] = [[None] * len(gs) for gs in gens]
         todo, ends = [], []  # ends: Qwen's own middles that lack only the end token's log-prob
         for i, gs in enumerate(gens):
@@ -521,7 +524,8 @@ class Engine:
                 if (i, j) in known:
                     out[i][j] = known[(i, j)]
                     continue
-                own = g.model == "qwen" and encode(self.scorer.tokenizer, g.text) == g.token_ids
+                own = (g.model == "qwen" and encode(self.scorer.tokenizer, g.text) == g.token_ids
+                       and (len(gs) == 1 or not self.qwen.int8_decode))
                 if own and g.end_logprob is not None:
                     out[i][j] = score_from_logprobs([*g.logprobs, g.end_logprob])
                 elif own:  # cut by its budget or a newline: log P(end) is one step past its last token

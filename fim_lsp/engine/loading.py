@@ -43,7 +43,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on a GPU; on a CPU bf16 only where it has AMX-BF16, else fp32 (cpu_features.py)."""
+    """auto: bf16 on a GPU; on a CPU bf16 where it multiplies bf16 natively (AVX-512 BF16 or AMX-BF16),
+    else fp32 (cpu_features.py)."""
     if name == "auto":
         if device.type == "cpu":
             return DTYPES[cpu_dtype_name(cpu_flags())]

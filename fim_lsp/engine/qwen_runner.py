@@ -27,6 +27,7 @@ import torch
 
 from .ar_fim import stop_ids
 from .graphs import CaptureError, GraphBudget, GraphSet, bucket
+from .int8_weights import supported
 from .loading import LoadedModel, decode_whole, encode, special_id
 from .placement import Placement
 from .requests import ArParams, PromptState, RowLimits
@@ -57,7 +58,10 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class QwenRunner:
     def __init__(self, lm: LoadedModel, static: bool = False, decode_compile: str | None = None,
-                 budget: GraphBudget | None = None, on_fallback: Callable[[str], None] | None = None) -> None:
+                 budget: GraphBudget | None = None, on_fallback: Callable[[str], None] | None = None,
+                 int8_decode: bool = False) -> None:
+        """int8_decode: the decode step multiplies by int8 copies of the weights (CPU only:
+        fim_lsp/engine/int8_weights.py); its log-probs are then near the exact ones, not equal."""
         tok = lm.tokenizer
         self.lm = lm
         self.place = Placement(lm.device)
@@ -67,7 +71,8 @@ class QwenRunner:
         self.on_fallback = on_fallback
         self.fallback: str | None = None  # why the static mode was turned off, once it was
         with self._device():  # whatever the wrapper allocates lands on the runner's cuda:N
-            self.net = StaticQwen2(lm.model)
+            self.int8_decode = int8_decode and supported(lm.device)
+            self.net = StaticQwen2(lm.model, int8=self.int8_decode)
             self.stops = torch.tensor(stop_ids(tok), device=self.device)
         capture = self.place.capture
         self.eos = special_id(tok, "<|endoftext|>")
@@ -205,7 +210,7 @@ class QwenRunner:
         def decode(tok: torch.Tensor, slot: torch.Tensor, noise: torch.Tensor):
             mask = (keys[None, :] <= slot[:, None])[:, None, None, :]
             logits = self.net.forward(tok[:, None], slot[:, None], mask, cache, write_at=slot[:, None],
-                                      kv_len=kv_len)[:, -1].float()
+                                      kv_len=kv_len, int8=self.int8_decode)[:, -1].float()
             logp = torch.log_softmax(logits, dim=-1)
             nxt = sample_with_noise(logits[:, : self.vocab], noise, params.temperature, params.top_p, params.top_k)
             return nxt, logp.gather(-1, nxt[:, None])[:, 0], logp[:, self.eos]

@@ -8,9 +8,14 @@ is written. Checked against the transformers forward in tests/test_static_path.p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .int8_weights import quantize
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -37,13 +42,34 @@ def cache_length(needed: int) -> int:
     return length
 
 
+@dataclass(frozen=True)
+class _Projections:
+    """One layer's seven matrix products: the exact modules, or their int8 copies."""
+
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    gate: Linear
+    up: Linear
+    down: Linear
+
+    @classmethod
+    def of(cls, layer, wrap: Callable[[torch.nn.Linear], Linear]) -> "_Projections":
+        attn, mlp = layer.self_attn, layer.mlp
+        return cls(*(wrap(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                                         mlp.gate_proj, mlp.up_proj, mlp.down_proj)))
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.size(-1) // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class StaticQwen2:
-    def __init__(self, model) -> None:
+    def __init__(self, model, int8: bool = False) -> None:
+        """int8: also keep int8 copies of the linear weights, for passes called with int8=True (the CPU
+        decode step: fim_lsp/engine/int8_weights.py)."""
         cfg = model.config
         base = model.model
         self.model = model
@@ -58,6 +84,9 @@ class StaticQwen2:
         # repeating them copies every layer's keys and values 7x per pass (the whole 2,048-slot cache on
         # the static path). CUDA: its fused kernels take no GQA with a mask, so the keys are repeated.
         self.fused_gqa = self.device.type == "cpu" and self.kv_heads != self.heads
+        self.exact = [_Projections.of(layer, lambda m: m) for layer in self.layers]
+        self.int8 = [_Projections.of(layer, quantize) for layer in self.layers] if int8 else None
+        self.int8_head = quantize(self.head) if int8 else None
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         shape = (batch, self.kv_heads, length, self.head_dim)
@@ -74,7 +103,7 @@ class StaticQwen2:
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 cache: KVCache | None = None, write_at: torch.Tensor | None = None,
                 rows: torch.Tensor | None = None, kv_len: int | None = None,
-                prefix: tuple[KVCache, torch.Tensor, int] | None = None) -> torch.Tensor:
+                prefix: tuple[KVCache, torch.Tensor, int] | None = None, int8: bool = False) -> torch.Tensor:
         """Logits [B, R, V] at sequence rows `rows` ([R] for every batch row alike, [B, R] per row;
         all rows when None).
 
@@ -84,7 +113,8 @@ class StaticQwen2:
           each query see its own slot; K = kv_len;
         - with `prefix` = (cache, batch rows [B], W): that cache's first W slots of the given rows,
           read and never written, then this pass's own keys; K = W + T;
-        - else this pass's own keys; K = T."""
+        - else this pass's own keys; K = T.
+        int8: the matrix products on the int8 copies (built with int8=True)."""
         b, t = ids.shape
         x = self.embed(ids)
         cos, sin = self._rope(positions)
@@ -92,12 +122,14 @@ class StaticQwen2:
             # index_put_, not scatter_: on CPU a bf16 scatter_ copies the whole cache tensor (twice) on
             # every call, 10-30 ms per layer at 2,048 slots, where this writes the new keys alone
             batch_rows = torch.arange(b, device=ids.device)[:, None]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
+        if int8 and self.int8 is None:
+            raise ValueError("int8 pass on a StaticQwen2 built without int8 weights")
+        projections, head = (self.int8, self.int8_head) if int8 else (self.exact, self.head)
+        for i, (layer, p) in enumerate(zip(self.layers, projections)):
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = p.q(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            k = p.k(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = p.v(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             if cache is not None:
@@ -121,10 +153,11 @@ class StaticQwen2:
                     k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
                     v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
                 o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + p.o(o.transpose(1, 2).reshape(b, t, -1))
+            h = layer.post_attention_layernorm(x)
+            x = x + p.down(layer.mlp.act_fn(p.gate(h)) * p.up(h))  # transformers' Qwen2MLP
         if rows is not None and rows.dim() == 2:
             x = x.gather(1, rows[:, :, None].expand(-1, -1, x.size(-1)))
         elif rows is not None:
             x = x.index_select(1, rows)
-        return self.head(self.norm(x))
+        return head(self.norm(x))

@@ -32,6 +32,7 @@ export const SERVER_DEFAULTS = {
   compile: "auto",
   overlap: "auto",
   graphMemory: "auto" as string | number,
+  decodeWeights: "auto",
   enabled: true,
   prefixLines: 64,
   suffixLines: 16,
@@ -70,6 +71,7 @@ const ENUMS: Partial<Record<ServerKey, readonly string[]>> = {
   profile: ["exact", "editor"],
   compile: ["auto", "on", "off"],
   overlap: ["auto", "on", "off"],
+  decodeWeights: ["auto", "int8", "exact"],
   logLevel: ["debug", "info", "warning", "error"],
   multiline: ["auto", "always", "never"],
 };

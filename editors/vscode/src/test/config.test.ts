@@ -21,7 +21,7 @@ describe("toServerSettings", () => {
   it("sends every server key with its default when nothing is set", () => {
     const s = toServerSettings(reader({}));
     assert.deepEqual(s, SERVER_DEFAULTS);
-    assert.equal(SERVER_KEYS.length, 54);
+    assert.equal(SERVER_KEYS.length, 55);
   });
 
   it("takes graphMemory as auto or a whole number of MB, else the default", () => {
