@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,19 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _dtype_auto_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _dtype_auto_is_fp32() -> Iterator[None]:
     """In this process `dtype auto` resolves as on a CPU without native bf16 (fp32), so the suite's
     numbers do not depend on the flags of the machine it runs on (bf16 where it has AVX-512 BF16 or
-    AMX). test_cpu_defaults checks the rule itself, with flags of its own; servers in subprocesses keep
+    AMX). Session-wide, so that module fixtures built
+    before any test see the same rule as the tests that compare with them. test_cpu_defaults and
+    test_int8_decode check the rules themselves, with flags of their own; servers in subprocesses keep
     the machine's."""
     from fim_lsp.engine import loading
 
-    monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loading, "cpu_flags", lambda: frozenset())
+        yield
 
 
 @pytest.fixture(scope="session")
