@@ -85,3 +85,28 @@ def test_cpu_features_name_avx512_and_amx():
     assert cpu_features(xeon) == "avx2 fma f16c avx512f avx512bw avx512_bf16 amx_tile amx_int8 amx_bf16; " \
                                  "AVX-512: yes; AMX: yes; dtype auto: bfloat16"
     assert cpu_features(epyc) == "avx2 fma f16c; AVX-512: no; AMX: no; dtype auto: float32"
+
+
+def test_the_lever_row_runs_one_hole_length_and_the_next_row_the_servers(tiny_models: Path, shared_data: Path):
+    """The rows share one engine: the lever row's single-line lengths apply to its own calls only."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from fim_lsp.bench.cpu import fim_call, make_prompts
+    from fim_lsp.bench.server_variant import server_config
+    from fim_lsp.engine.ensemble import Engine
+
+    base = server_config(str(tiny_models / "ar"), str(tiny_models / "dllm"), "cpu", "float32")
+    engine = Engine(base)
+    engine.load()
+    prompts = make_prompts(AutoTokenizer.from_pretrained(tiny_models / "ar"), shared_data, 64)
+    args = SimpleNamespace(tokens=4, context_tokens=64)
+    rows = {r.key: r for r in ROWS}
+    seen = []
+    for key in ("ensemble-bf16-len8", "ensemble-bf16", "ensemble-bf16-len8-typed"):
+        call = fim_call(engine, rows[key], prompts, args, 0, base.dllm_lengths_single_line)
+        assert call.dllm_s is not None
+        seen.append(engine.config.dllm_lengths_single_line)
+    assert base.dllm_lengths_single_line != (8,)
+    assert seen == [(8,), base.dllm_lengths_single_line, (8,)]

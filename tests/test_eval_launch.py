@@ -22,11 +22,13 @@ BENCH = "humaneval-random-span-light"
 
 
 def run_args(tiny: Path, out: Path) -> list[str]:
-    # batch size 1: each task's sampling then depends on its seed only, not on which tasks share a batch
+    # batch size 1: each task's sampling then depends on its seed only, not on which tasks share a batch;
+    # fp32 named: `dtype auto` in the launched processes follows this machine's CPU (bf16 with AVX-512
+    # BF16), in this one the suite's rule (tests/conftest.py)
     return ["-m", "fim_lsp.eval", "run", "--benchmark", BENCH, "--limit", "4", "--data-dir", str(DATA),
             "--out", str(out), "--ar-model", str(tiny / "ar"), "--dllm-model", str(tiny / "dllm"), "--device", "cpu",
-            "--steps", "2", "--max-new-tokens", "4", "--dllm-length", "oracle", "--workers", "1", "--batch-size", "1",
-            "--no-progress"]
+            "--dtype", "float32", "--steps", "2", "--max-new-tokens", "4", "--dllm-length", "oracle", "--workers", "1",
+            "--batch-size", "1", "--no-progress"]
 
 
 def records(out: Path) -> list[tuple[str, list[str]]]:

@@ -51,3 +51,21 @@ def test_the_graph_just_captured_is_never_its_own_victim():
     assert a.keys() == [("new", (2,))] and budget.used == 40
     a.close()
     assert a not in budget.sets and budget.used == 0
+
+
+def test_compiled_keys_of_one_function_do_not_share_dynamos_recompile_limit():
+    """Every key (and every runner) compiles the same inner function; dynamo's recompile limit is per
+    code object, so it is lowered to 2 here to reach it in three keys instead of nine."""
+    import torch._dynamo
+
+    def step_of(scale: float):
+        def step(x: torch.Tensor) -> tuple[torch.Tensor]:
+            return (x * scale + 1,)
+        return step
+
+    graphs = GraphSet(torch.device("cpu"), "test", compile_mode="default")
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for n in (2, 3, 4):
+            (out,) = graphs.run("step", lambda n=n: step_of(float(n)), [torch.ones(n)])
+            assert torch.equal(out, torch.full((n,), n + 1.0))
+    assert len(graphs) == 3

@@ -23,7 +23,8 @@ REQUESTS = [FimRequest(SOURCE[:300], SOURCE[300:500]), FimRequest("x = ", "\n", 
 def engine(tiny_models):
     cfg = EngineConfig(ar_model=str(tiny_models / "ar"), dllm_model=str(tiny_models / "dllm"), device="cpu",
                        temperature=0.0, max_new_tokens=6, steps=4, dllm_lengths=(4, 8),
-                       dllm_lengths_single_line=(2, 4), compile="on", overlap="on")
+                       dllm_lengths_single_line=(2, 4), compile="on", overlap="on",
+                       decode_weights="exact")  # int8's rescoring of Qwen's candidates: test_int8_decode
     engine = Engine(cfg)
     engine.load()
     return engine

@@ -40,6 +40,7 @@ class Row:
     compile: str = "auto"
     models: str = "qwen"
     decode_weights: str = "auto"  # fim-lsp: int8 on a CPU
+    dllm_lengths_single_line: tuple[int, ...] = ()  # fim-lsp's ensemble: () keeps the server's
 
 
 ROWS = [
@@ -61,6 +62,11 @@ ROWS = [
     Row("ensemble-bf16", "fim-lsp ensemble, bf16, server defaults", "fim-lsp", "bfloat16", models="both"),
     Row("ensemble-bf16-typed", "fim-lsp ensemble, bf16, one character typed", "fim-lsp", "bfloat16", TYPED,
         models="both"),
+    # the lever on the diffusion stage: one hole length (one batch row) in single-line mode, not two
+    Row("ensemble-bf16-len8", "fim-lsp ensemble, bf16, dllm single-line lengths [8]", "fim-lsp", "bfloat16",
+        models="both", dllm_lengths_single_line=(8,)),
+    Row("ensemble-bf16-len8-typed", "fim-lsp ensemble, bf16, [8], one character typed", "fim-lsp", "bfloat16",
+        TYPED, models="both", dllm_lengths_single_line=(8,)),
 ]
 BASELINE = "llama-q8"
 # the llama.cpp row of each typing case, and the Qwen-alone row an ensemble row is compared with (same
@@ -143,7 +149,8 @@ def llama_call(runner: Any, row: Row, prompts: Prompts, args: argparse.Namespace
     return Call(row.key, i, t.total_s, t.prompt_s, t.decode_ms_per_token, t.tokens, len(prompt), t.evaluated)
 
 
-def fim_call(engine: Any, row: Row, prompts: Prompts, args: argparse.Namespace, i: int) -> Call:
+def fim_call(engine: Any, row: Row, prompts: Prompts, args: argparse.Namespace, i: int,
+             server_lengths: tuple[int, ...]) -> Call:
     from fim_lsp.engine.requests import FimRequest
 
     from .measure import measure
@@ -154,7 +161,8 @@ def fim_call(engine: Any, row: Row, prompts: Prompts, args: argparse.Namespace, 
     # cold: nothing kept from the previous request (rows share an engine, and the typed rows' prompts
     # share their beginning with the cold one), as llama.cpp's cold rows reset its cache; typed: the
     # server's default, prefix reuse on
-    engine.reconfigure(engine.config.replace(prefix_reuse=row.typing != COLD))
+    engine.reconfigure(engine.config.replace(
+        prefix_reuse=row.typing != COLD, dllm_lengths_single_line=row.dllm_lengths_single_line or server_lengths))
     if row.typing == TYPED:
         engine.complete_batch([request(prompts.before)])  # the previous keystroke's request, untimed
     prefix, ids = (prompts.typed, prompts.ids_typed) if row.typing == TYPED else (prompts.prefix, prompts.ids)
@@ -305,7 +313,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     def one(r: Row, i: int) -> Call:
         if r.runner == "llama.cpp":
             return llama_call(runners[r], r, prompts, args, sampling, i)
-        return fim_call(runners[r], r, prompts, args, i)
+        return fim_call(runners[r], r, prompts, args, i, base.dllm_lengths_single_line)
 
     for r in rows:
         one(r, -1)  # untimed: lazy setup, first-call compiles

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,6 +40,17 @@ class CaptureError(RuntimeError):
 def bucket(n: int, step: int) -> int:
     """n rounded up to a multiple of step: padded shapes that replay across requests."""
     return -(-n // step) * step
+
+
+def own_code(fn: Fn) -> Fn:
+    """fn with a code object of its own. Dynamo keeps compiled code, and counts recompiles against its
+    limit (8), per code object: every key of every runner compiles the same inner function, so without
+    a copy a server's ninth batch size or reload fails with "recompile limit exceeded" (fullgraph), and
+    the dead runners' compiled steps stay attached to that code. A copy's go away with it."""
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
 
 
 def use_compile_cache() -> Path:
@@ -192,7 +204,7 @@ class GraphSet:
         """What replays `key` from now on: a captured graph (CUDA), a compiled function, or the plain one
         (CPU); None when a graph would not fit the budget even after evicting this set's others."""
         if self.compile_mode is not None:
-            compiled = torch.compile(make(), mode=self.compile_mode, dynamic=False, fullgraph=True)
+            compiled = torch.compile(own_code(make()), mode=self.compile_mode, dynamic=False, fullgraph=True)
 
             def fn(xs: list[torch.Tensor], compiled=compiled) -> tuple[torch.Tensor, ...]:
                 if self.cuda:
