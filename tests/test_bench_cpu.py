@@ -110,3 +110,35 @@ def test_the_lever_row_runs_one_hole_length_and_the_next_row_the_servers(tiny_mo
         seen.append(engine.config.dllm_lengths_single_line)
     assert base.dllm_lengths_single_line != (8,)
     assert seen == [(8,), base.dllm_lengths_single_line, (8,)]
+
+
+def test_llama_cpp_loads_without_its_extra_buffer_types_where_they_crash(tiny_models: Path, tmp_path: Path):
+    """The switch really reaches llama.cpp's model parameters, and is undone after the load."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: pip install -e '.[llamacpp]'")
+    import llama_cpp.llama_cpp as low
+
+    from fim_lsp.bench import gguf_export, llamacpp
+
+    path = gguf_export.convert(tiny_models / "ar", tmp_path / "q8.gguf", "q8_0")
+    default = low.llama_model_default_params
+    plain = llamacpp.LlamaCpp(path, 1, n_ctx=128, extra_bufts=False)
+    assert plain.llm.model_params.use_extra_bufts is False
+    assert low.llama_model_default_params is default
+    assert llamacpp.LlamaCpp(path, 1, n_ctx=128).llm.model_params.use_extra_bufts is True
+
+
+def test_a_peer_that_crashes_is_named_by_how_it_died(tmp_path: Path, monkeypatch):
+    """A real child process killed by SIGSEGV (a shell standing in for the interpreter, since no
+    llama.cpp build crashes on demand) and one that exits with an error: the bench goes on, told why."""
+    from fim_lsp.bench import llamacpp
+
+    segv = tmp_path / "segv.sh"
+    segv.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    segv.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(segv))
+    assert llamacpp.extra_bufts_crash(tmp_path / "any.gguf", [1, 2, 3], 1).endswith("died: signal SIGSEGV")
+    monkeypatch.undo()
+    not_gguf = tmp_path / "not.gguf"
+    not_gguf.write_bytes(b"not a gguf file")
+    if llamacpp.missing() is None:
+        assert llamacpp.extra_bufts_crash(not_gguf, [1, 2, 3], 1).endswith("died: exit status 1")

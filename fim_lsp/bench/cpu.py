@@ -291,7 +291,13 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                 t = time.perf_counter()
                 path = cached(ar, r.weights, (args.models_dir / "gguf") if args.models_dir else None)
                 meta["load_seconds"][f"gguf {r.weights} (converted, or reused)"] = time.perf_counter() - t
-                by_weights[r.weights] = llamacpp.LlamaCpp(path, args.threads)
+                crash = llamacpp.extra_bufts_crash(path, prompts.ids, args.threads)
+                if crash:
+                    # a peer that crashes is no row: time it as a user's stock build runs it instead
+                    meta.setdefault("llama_cpp_without_extra_buffer_types", {})[r.weights] = crash
+                    print(f"note: llama.cpp {r.weights}: {crash}; its rows run without them "
+                          f"(use_extra_bufts off: its plain q8_0 / f32 kernels)", file=sys.stderr)
+                by_weights[r.weights] = llamacpp.LlamaCpp(path, args.threads, extra_bufts=crash is None)
                 print(f"llama.cpp {r.weights}: {path}", file=sys.stderr)
             if r.runner == "llama.cpp":
                 runners[r] = by_weights[r.weights]
@@ -331,6 +337,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
           f"{args.tokens} generated tokens, sampling temperature {sampling[0]} top-p {sampling[1]}")
     if "llama_cpp" in meta:
         print(f"llama.cpp: {meta['llama_cpp']}")
+    for weights, crash in meta.get("llama_cpp_without_extra_buffer_types", {}).items():
+        print(f"llama.cpp {weights}: {crash}; its rows ran without extra buffer types")
     print_table(summary, args)
 
     # the top-p cut: on the random checkpoint's own logits, and sharpened to a trained model's nucleus

@@ -9,7 +9,13 @@ up to the first token that differs, and only the rest is evaluated.
 Optional: pip install -e '.[llamacpp]' builds llama-cpp-python; without it `missing()` says so."""
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +44,58 @@ class LlamaTiming:
     tokens: int
 
 
-class LlamaCpp:
-    """One GGUF model loaded with a fixed thread count; `run` times one completion."""
+@contextmanager
+def _extra_bufts(enabled: bool) -> Iterator[None]:
+    """Load with llama.cpp's extra buffer types (its AMX and repacked weight layouts) on or off.
 
-    def __init__(self, path: Path, threads: int, n_ctx: int = 2048) -> None:
+    llama-cpp-python 0.3.36's Llama takes no use_extra_bufts argument: its model parameters come from
+    llama_model_default_params(), so while a model loads that one call is wrapped."""
+    if enabled:
+        yield
+        return
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
+
+
+def extra_bufts_crash(path: Path, ids: list[int], threads: int) -> str | None:
+    """None when a prompt pass over `ids` with llama.cpp's extra buffer types runs, else how it died.
+
+    Run in a child process because a crash in llama.cpp kills its process: built with GGML_NATIVE on a
+    CPU with AMX, its AMX matrix product faults on this bench's prompt pass (SIGSEGV in
+    ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36; ggml-org/llama.cpp#20824 reports the same)."""
+    proc = subprocess.run([sys.executable, "-m", "fim_lsp.bench.llamacpp", str(path), str(threads)],
+                          input=json.dumps(ids), capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0:
+        return None
+    died = (f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+            else f"exit status {proc.returncode}")
+    return f"a prompt pass with llama.cpp's extra buffer types (AMX, repacked weights) died: {died}"
+
+
+class LlamaCpp:
+    """One GGUF model loaded with a fixed thread count; `run` times one completion. extra_bufts: False
+    loads it without llama.cpp's extra buffer types (plain q8_0 / f32 kernels), where they crash."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int = 2048, extra_bufts: bool = True) -> None:
         from llama_cpp import Llama
 
         self.path = Path(path)
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, seed=0, verbose=False)
+        self.extra_bufts = extra_bufts
+        with _extra_bufts(extra_bufts):
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
+                             n_threads_batch=threads, seed=0, verbose=False)
 
     def run(self, prompt: list[int], tokens: int, cached: list[int] | None, temperature: float,
             top_p: float) -> LlamaTiming:
@@ -86,14 +135,23 @@ def system_info() -> str:
 
 def logits(path: Path, ids: list[int], threads: int = 2) -> Any:
     """llama.cpp's logits [len(ids), rows] for a prompt, every position, with an f32 KV cache (so only the
-    weights' and the arithmetic's precision differ from transformers)."""
+    weights' and the arithmetic's precision differ from transformers). Loaded without the extra buffer
+    types: this checks the converted weights, and their AMX kernel crashes on some builds."""
     import numpy as np
     from llama_cpp import GGML_TYPE_F32, Llama
 
-    llm = Llama(model_path=str(path), n_ctx=max(64, len(ids)), n_batch=max(64, len(ids)), n_threads=threads,
-                logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
+    with _extra_bufts(False):
+        llm = Llama(model_path=str(path), n_ctx=max(64, len(ids)), n_batch=max(64, len(ids)), n_threads=threads,
+                    logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)])
     finally:
         llm.close()
+
+
+if __name__ == "__main__":
+    # the child of extra_bufts_crash: one prompt pass (the ids on stdin) with the extra buffer types on
+    model = LlamaCpp(Path(sys.argv[1]), int(sys.argv[2]))
+    model.llm.eval(json.loads(sys.stdin.read()))
+    model.llm.close()
