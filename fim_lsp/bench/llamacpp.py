@@ -92,7 +92,6 @@ class LlamaCpp:
         from llama_cpp import Llama
 
         self.path = Path(path)
-        self.extra_bufts = extra_bufts
         with _extra_bufts(extra_bufts):
             self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
                              n_threads_batch=threads, seed=0, verbose=False)
